@@ -1,0 +1,38 @@
+"""The one context object passed down from the composition root (no globals anywhere)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
+
+from .config import Settings
+from .crm import CrmClient
+from .outbox import Outbox
+from .statecharts import Chart
+from .store import Store
+from .uis import UisClient
+
+
+@dataclass
+class Lifecycle:
+    """The little that changes while the daemon runs."""
+
+    started_at: float = 0.0
+    draining: bool = False
+
+
+@dataclass(frozen=True)
+class Context:
+    """Settings, store, statechart and clients of one running daemon."""
+
+    settings: Settings
+    store: Store
+    chart: Chart
+    outbox: Outbox
+    crm: CrmClient
+    uis: UisClient
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.settings.crm.timezone)

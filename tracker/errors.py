@@ -1,0 +1,73 @@
+"""One error tree for tracker.
+
+    TrackerError
+    ├── ConfigError            the configuration is bad; lists every problem at once
+    ├── StatechartError        a file in statecharts/ is invalid
+    ├── RejectedNotification   a webhook body we cannot accept (the web layer answers 400)
+    ├── StoreError             the database refused (integrity check, schema too new)
+    └── DeliveryError          an upstream (retailCRM, UIS) call failed
+        ├── RetryableDelivery  transport error, timeout, 5xx, 429, 503, UIS limit_exceeded
+        └── PermanentDelivery  the upstream said no for good; kept as a dead letter
+
+Library errors are wrapped at the boundary with ``raise ... from exc``; HTTP status codes are
+chosen by the web layer only.
+"""
+
+from __future__ import annotations
+
+
+class TrackerError(Exception):
+    """Root of every error tracker raises on purpose."""
+
+
+class ConfigError(TrackerError):
+    """The configuration is invalid; ``problems`` names every bad or missing key."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+class StatechartError(TrackerError):
+    """A statechart definition failed validation."""
+
+
+class RejectedNotification(TrackerError):
+    """A notification body that cannot be accepted; ``field`` names the culprit when known."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        self.message = message
+        self.field = field
+        super().__init__(message if field is None else f"{field}: {message}")
+
+
+class StoreError(TrackerError):
+    """The database cannot be used as it is."""
+
+
+class DeliveryError(TrackerError):
+    """An upstream call failed; ``detail`` carries the upstream's own message when it had one."""
+
+    def __init__(self, message: str, *, status: int | None = None, detail: str = "") -> None:
+        self.status = status
+        self.detail = detail
+        super().__init__(message)
+
+
+class RetryableDelivery(DeliveryError):
+    """Worth trying again later: transport failure, timeout, 5xx, 429, 503, rate budget."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        detail: str = "",
+        retry_after_seconds: float | None = None,
+    ) -> None:
+        super().__init__(message, status=status, detail=detail)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class PermanentDelivery(DeliveryError):
+    """The upstream refused for good (bad key, bad format, unknown entity)."""

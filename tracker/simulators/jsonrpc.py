@@ -1,0 +1,133 @@
+"""UIS JSON-RPC pieces without I/O: the error type and the report query language.
+
+The Data API's ``get.*`` methods share one query shape, applied here to plain rows: a date
+window on ``start_time`` (``date_from``/``date_till``, at most 3 months), a ``filter`` tree,
+``sort``, ``limit``/``offset`` and ``fields``.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+class RpcError(Exception):
+    """A JSON-RPC error answer: ``code`` is the group, ``mnemonic`` the reason."""
+
+    def __init__(self, code: int, mnemonic: str, field: str | None = None,
+                 value: Any = None) -> None:
+        super().__init__(mnemonic)
+        self.code, self.mnemonic, self.field, self.value = code, mnemonic, field, value
+
+    def payload(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.mnemonic.replace("_", " ").capitalize(),
+                "data": {"mnemonic": self.mnemonic, "field": self.field, "value": self.value,
+                         "params": {}, "extended_helper": None}}
+
+
+def bad_param(field: str, value: Any = None, mnemonic: str = "invalid_parameter_value") -> RpcError:
+    return RpcError(-32602, mnemonic, field, value)
+
+
+def field_names(base: list[str], rows: list[dict[str, Any]]) -> list[str]:
+    """``base`` followed by any other key a row has, in first-seen order."""
+    return list(dict.fromkeys([*base, *(k for row in rows for k in row)]))
+
+
+def _months_later(moment: datetime, months: int) -> datetime:
+    index = moment.month - 1 + months
+    year, month = moment.year + index // 12, index % 12 + 1
+    return moment.replace(year=year, month=month,
+                          day=min(moment.day, calendar.monthrange(year, month)[1]))
+
+
+def _parse_time(params: dict[str, Any], name: str) -> datetime:
+    if name not in params:
+        raise bad_param(name, mnemonic="required_parameter_missing")
+    try:
+        return datetime.strptime(params[name], TIME_FORMAT)
+    except (TypeError, ValueError):
+        raise bad_param(name, params[name]) from None
+
+
+def select(rows: list[dict[str, Any]], params: dict[str, Any], *, allowed: list[str],
+            hidden: tuple[str, ...], dated: bool) -> dict[str, Any]:
+    """Apply a report's date window, filter, sort, paging and field list; a get.* result."""
+    if dated:
+        date_from, date_till = _parse_time(params, "date_from"), _parse_time(params, "date_till")
+        if date_till < date_from:
+            raise bad_param("date_till", params["date_till"])
+        if date_till > _months_later(date_from, 3):
+            raise bad_param("date_till", params["date_till"], mnemonic="date_interval_limit_reached")
+        rows = [r for r in rows
+                if date_from <= datetime.strptime(r["start_time"], TIME_FORMAT) <= date_till]
+    if params.get("filter"):
+        rows = [r for r in rows if _matches(r, params["filter"], "filter", allowed)]
+    for order in reversed(params.get("sort") or []):
+        name = order.get("field")
+        if name not in allowed:
+            raise bad_param("sort.field", name, mnemonic="sort_prohibited")
+        rows.sort(key=lambda r, name=name: (r.get(name) is not None, r.get(name)),
+                  reverse=order.get("order") == "desc")
+    limit, offset = params.get("limit", 1000), params.get("offset", 0)
+    if not isinstance(limit, int) or not 0 < limit <= 10_000:
+        raise bad_param("limit", limit)
+    if not isinstance(offset, int) or not 0 <= offset <= 100_000:
+        raise bad_param("offset", offset)
+    names = params.get("fields") or [n for n in allowed if n not in hidden]
+    for name in names:
+        if name not in allowed:
+            raise bad_param("fields", name)
+    page = [{n: r.get(n) for n in names} for r in rows[offset:offset + limit]]
+    return {"data": page, "metadata": {"total_items": len(rows)}}
+
+
+def _like(pattern: str, text: str, flags: int = 0) -> bool:
+    regex = "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, text, flags) is not None
+
+
+_OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
+    "=": lambda a, v: a == v,
+    "!=": lambda a, v: a != v,
+    "<": lambda a, v: a is not None and a < v,
+    ">": lambda a, v: a is not None and a > v,
+    "<=": lambda a, v: a is not None and a <= v,
+    ">=": lambda a, v: a is not None and a >= v,
+    "in": lambda a, v: a in v,
+    "not_in": lambda a, v: a not in v,
+    "is_null": lambda a, v: a is None,
+    "is_not_null": lambda a, v: a is not None,
+    "like": lambda a, v: isinstance(a, str) and _like(v, a),
+    "ilike": lambda a, v: isinstance(a, str) and _like(v, a, re.IGNORECASE),
+    "not_like": lambda a, v: not (isinstance(a, str) and _like(v, a)),
+    "overlap": lambda a, v: bool(set(a or ()) & set(v)),
+    "not_overlap": lambda a, v: not set(a or ()) & set(v),
+}
+
+
+def _matches(row: dict[str, Any], node: Any, path: str, allowed: list[str]) -> bool:
+    """Evaluate a Data API filter: ``{field, operator, value}`` or ``{filters, condition}``."""
+    if not isinstance(node, dict):
+        raise bad_param(path, node, mnemonic="data_type_error")
+    if "filters" in node:
+        condition = node.get("condition", "and")
+        if condition not in ("and", "or") or not isinstance(node["filters"], list):
+            raise bad_param(f"{path}.condition", condition)
+        results = [_matches(row, child, f"{path}.filters", allowed)
+                   for child in node["filters"]]
+        return all(results) if condition == "and" else any(results)
+    name, operator = node.get("field"), node.get("operator")
+    if name not in allowed:
+        raise bad_param(f"{path}.field", name, mnemonic="filter_prohibited")
+    if operator not in _OPERATORS:
+        raise bad_param(f"{path}.operator", operator)
+    try:
+        return _OPERATORS[operator](row.get(name), node.get("value"))
+    except TypeError:
+        raise bad_param(f"{path}.value", node.get("value"), mnemonic="data_type_error") from None

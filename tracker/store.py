@@ -1,0 +1,404 @@
+"""The SQLite store: schema, versioned migrations, and the queries the other modules need.
+
+One connection, owned by the trio thread (sqlite3 connections are bound to their thread). WAL
+mode; writes are short and synchronous. ``transaction()`` is the only way to write several rows
+at once: it commits all or nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from .calls import Call
+from .errors import StoreError
+
+FINAL_STATES = ("ended", "lost")
+
+
+def _migration_1(db: sqlite_utils.Database) -> None:
+    db["calls"].create(
+        {
+            "id": int,
+            "state": str,
+            "direction": str,
+            "contact_phone": str,
+            "contact_name": str,
+            "virtual_phone": str,
+            "started_at": float,
+            "finished_at": float,
+            "updated_at": float,
+            "talked": int,
+            "talk_seconds": int,
+            "wait_seconds": int,
+            "total_seconds": int,
+            "rang": str,
+            "carded": str,
+            "closed": str,
+            "cards_open": str,
+            "talked_employee_id": int,
+            "external_id": str,
+            "file_link": str,
+            "record_url": str,
+        },
+        pk="id",
+        not_null={"state"},
+    )
+    db["calls"].create_index(["state", "updated_at"])
+    db["calls"].create_index(["updated_at"])
+    db["events"].create(
+        {
+            "id": int,
+            "received_at": float,
+            "call_id": int,
+            "event": str,
+            "outcome": str,
+            "dedupe_key": str,
+            "duplicates": int,
+            "state_before": str,
+            "state_after": str,
+            "error": str,
+            "method": str,
+            "body": str,
+        },
+        pk="id",
+        defaults={"duplicates": 0},
+    )
+    db["events"].create_index(["dedupe_key"], unique=True)
+    db["events"].create_index(["call_id", "id"])
+    db["outbox"].create(
+        {
+            "id": int,
+            "call_id": int,
+            "kind": str,
+            "priority": int,
+            "payload": str,
+            "status": str,
+            "attempts": int,
+            "next_at": float,
+            "created_at": float,
+            "updated_at": float,
+            "last_error": str,
+            "request": str,
+            "response": str,
+        },
+        pk="id",
+        not_null={"kind", "status"},
+        defaults={"attempts": 0, "priority": 0},
+    )
+    db["outbox"].create_index(["status", "call_id", "id"])
+    db["outbox"].create_index(["call_id", "id"])
+    db["warnings"].create(
+        {
+            "id": int,
+            "kind": str,
+            "subject": str,
+            "message": str,
+            "count": int,
+            "first_at": float,
+            "last_at": float,
+        },
+        pk="id",
+    )
+    db["warnings"].create_index(["kind", "subject"], unique=True)
+
+
+MIGRATIONS = [_migration_1]
+
+
+class Store:
+    """The database, with the queries tracker uses. Not thread-safe: use from one thread."""
+
+    def __init__(self, path: Path, *, synchronous: str = "NORMAL") -> None:
+        self.path = path
+        if str(path) != ":memory:" and not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # owner-only from birth
+        try:
+            self.conn = sqlite3.connect(str(path), isolation_level=None)
+            self.conn.row_factory = sqlite3.Row
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute(f"PRAGMA synchronous={synchronous}")
+            self.conn.execute("PRAGMA busy_timeout=5000")
+            self.conn.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{path}: cannot open the database: {exc}") from exc
+        self.db = sqlite_utils.Database(self.conn)
+        self._depth = 0
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- schema -------------------------------------------------------------------------------
+
+    def migrate(self) -> int:
+        """Apply pending migrations; return the schema version. Refuses a newer schema."""
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"{self.path}: schema version {version} is newer than this tracker "
+                f"({len(MIGRATIONS)}); upgrade tracker"
+            )
+        for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+            with self.transaction():
+                migration(self.db)
+                self.conn.execute(f"PRAGMA user_version={number}")
+        return len(MIGRATIONS)
+
+    def integrity_ok(self) -> str:
+        """``"ok"`` or SQLite's description of what is broken."""
+        try:
+            rows = self.conn.execute("PRAGMA quick_check").fetchall()
+        except sqlite3.DatabaseError as exc:
+            return str(exc)
+        return "; ".join(str(r[0]) for r in rows)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All writes inside commit together or not at all. Nested use joins the outer one."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        else:
+            self.conn.execute("COMMIT")
+        finally:
+            self._depth = 0
+
+    # -- journal ------------------------------------------------------------------------------
+
+    def journal(self, **row: Any) -> int | None:
+        """Insert an event row; ``None`` when its dedupe_key is already journaled."""
+        row.setdefault("received_at", time.time())
+        columns = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        cursor = self.conn.execute(
+            f"INSERT OR IGNORE INTO events ({columns}) VALUES ({marks})", tuple(row.values())
+        )
+        if cursor.rowcount == 0:
+            return None
+        return cursor.lastrowid
+
+    def count_duplicate(self, dedupe_key: str) -> None:
+        self.conn.execute(
+            "UPDATE events SET duplicates = duplicates + 1 WHERE dedupe_key = ?", (dedupe_key,)
+        )
+
+    def set_event_states(self, event_id: int, before: str, after: str) -> None:
+        self.conn.execute(
+            "UPDATE events SET state_before = ?, state_after = ? WHERE id = ?",
+            (before, after, event_id),
+        )
+
+    def events_for(self, call_id: int) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            "SELECT * FROM events WHERE call_id = ? ORDER BY id", (call_id,)
+        ).fetchall()
+        return [dict(r) for r in rows]
+
+    # -- calls --------------------------------------------------------------------------------
+
+    def load_call(self, call_id: int) -> Call | None:
+        row = self.conn.execute("SELECT * FROM calls WHERE id = ?", (call_id,)).fetchone()
+        if row is None:
+            return None
+        return Call(
+            id=row["id"],
+            state=row["state"],
+            direction=row["direction"] or "in",
+            contact_phone=row["contact_phone"],
+            contact_name=row["contact_name"],
+            virtual_phone=row["virtual_phone"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            updated_at=row["updated_at"],
+            talked=bool(row["talked"]),
+            talk_seconds=row["talk_seconds"],
+            wait_seconds=row["wait_seconds"],
+            total_seconds=row["total_seconds"],
+            rang=json.loads(row["rang"] or "[]"),
+            carded=json.loads(row["carded"] or "[]"),
+            closed=json.loads(row["closed"] or "[]"),
+            talked_employee_id=row["talked_employee_id"],
+            external_id=row["external_id"],
+            file_link=row["file_link"],
+        )
+
+    def save_call(self, call: Call) -> None:
+        """Insert or update a call's model fields (``cards_open``/``record_url`` are the outbox's)."""
+        values = {
+            "id": call.id,
+            "state": call.state,
+            "direction": call.direction,
+            "contact_phone": call.contact_phone,
+            "contact_name": call.contact_name,
+            "virtual_phone": call.virtual_phone,
+            "started_at": call.started_at,
+            "finished_at": call.finished_at,
+            "updated_at": call.updated_at,
+            "talked": int(call.talked),
+            "talk_seconds": call.talk_seconds,
+            "wait_seconds": call.wait_seconds,
+            "total_seconds": call.total_seconds,
+            "rang": json.dumps(call.rang),
+            "carded": json.dumps(call.carded),
+            "closed": json.dumps(call.closed),
+            "talked_employee_id": call.talked_employee_id,
+            "external_id": call.external_id,
+            "file_link": call.file_link,
+        }
+        columns = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in values if c != "id")
+        self.conn.execute(
+            f"INSERT INTO calls ({columns}) VALUES ({marks}) ON CONFLICT(id) DO UPDATE SET {updates}",
+            tuple(values.values()),
+        )
+
+    def call_row(self, call_id: int) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT * FROM calls WHERE id = ?", (call_id,)).fetchone()
+        return dict(row) if row else None
+
+    def cards_open(self, call_id: int) -> list[int]:
+        row = self.conn.execute("SELECT cards_open FROM calls WHERE id = ?", (call_id,)).fetchone()
+        return json.loads(row[0] or "[]") if row else []
+
+    def set_cards_open(self, call_id: int, employee_ids: list[int]) -> None:
+        self.conn.execute(
+            "UPDATE calls SET cards_open = ? WHERE id = ?", (json.dumps(employee_ids), call_id)
+        )
+
+    def set_record_url(self, call_id: int, url: str | None) -> None:
+        self.conn.execute("UPDATE calls SET record_url = ? WHERE id = ?", (url, call_id))
+
+    def recent_calls(self, limit: int = 50) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            "SELECT * FROM calls ORDER BY updated_at DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [dict(r) for r in rows]
+
+    def count_by_state(self) -> dict[str, int]:
+        rows = self.conn.execute("SELECT state, count(*) FROM calls GROUP BY state").fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    # -- outbox -------------------------------------------------------------------------------
+
+    def enqueue(self, call_id: int, kind: str, priority: int, payload: dict[str, Any], now: float) -> int:
+        cursor = self.conn.execute(
+            "INSERT INTO outbox (call_id, kind, priority, payload, status, attempts, next_at,"
+            " created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
+            (call_id, kind, priority, json.dumps(payload), now, now, now),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def due_heads(self, now: float, exclude_calls: set[int], limit: int) -> list[dict[str, Any]]:
+        """The first pending row of each call whose time has come, cards before uploads."""
+        rows = self.conn.execute(
+            """
+            SELECT o.* FROM outbox o
+            JOIN (SELECT call_id, min(id) AS head FROM outbox WHERE status = 'pending'
+                  GROUP BY call_id) h ON o.id = h.head
+            WHERE o.next_at <= ?
+            ORDER BY o.priority, o.id
+            LIMIT ?
+            """,
+            (now, limit + len(exclude_calls)),
+        ).fetchall()
+        return [dict(r) for r in rows if r["call_id"] not in exclude_calls][:limit]
+
+    def next_due_at(self) -> float | None:
+        row = self.conn.execute(
+            """
+            SELECT min(o.next_at) FROM outbox o
+            JOIN (SELECT call_id, min(id) AS head FROM outbox WHERE status = 'pending'
+                  GROUP BY call_id) h ON o.id = h.head
+            """
+        ).fetchone()
+        return row[0] if row else None
+
+    def finish_outbox(self, row_id: int, status: str, now: float, **extra: Any) -> None:
+        """Mark a row delivered, dead or dropped, keeping the request and answer for the timeline."""
+        sets = ["status = ?", "updated_at = ?", "attempts = attempts + 1"]
+        values: list[Any] = [status, now]
+        for key in ("last_error", "request", "response"):
+            if key in extra:
+                sets.append(f"{key} = ?")
+                values.append(extra[key])
+        values.append(row_id)
+        self.conn.execute(f"UPDATE outbox SET {', '.join(sets)} WHERE id = ?", values)
+
+    def reschedule_outbox(self, row_id: int, next_at: float, now: float, *, count_attempt: bool,
+                          **extra: Any) -> None:
+        sets = ["next_at = ?", "updated_at = ?"]
+        values: list[Any] = [next_at, now]
+        if count_attempt:
+            sets.append("attempts = attempts + 1")
+        for key in ("last_error", "request", "response"):
+            if key in extra:
+                sets.append(f"{key} = ?")
+                values.append(extra[key])
+        values.append(row_id)
+        self.conn.execute(f"UPDATE outbox SET {', '.join(sets)} WHERE id = ?", values)
+
+    def outbox_for(self, call_id: int) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            "SELECT * FROM outbox WHERE call_id = ? ORDER BY id", (call_id,)
+        ).fetchall()
+        return [dict(r) for r in rows]
+
+    def delivered_popups(self, call_id: int) -> list[int]:
+        rows = self.conn.execute(
+            "SELECT payload FROM outbox WHERE call_id = ? AND kind = 'popup' AND status = 'delivered'",
+            (call_id,),
+        ).fetchall()
+        return [json.loads(r[0])["employee_id"] for r in rows]
+
+    def outbox_counts(self) -> dict[str, int]:
+        rows = self.conn.execute("SELECT status, count(*) FROM outbox GROUP BY status").fetchall()
+        counts = {r[0]: r[1] for r in rows}
+        retrying = self.conn.execute(
+            "SELECT count(*) FROM outbox WHERE status = 'pending' AND attempts > 0"
+        ).fetchone()[0]
+        counts["retrying"] = retrying
+        return counts
+
+    def dead_letters(self, limit: int = 50) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            "SELECT * FROM outbox WHERE status = 'dead' ORDER BY id DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [dict(r) for r in rows]
+
+    # -- warnings -----------------------------------------------------------------------------
+
+    def warn(self, kind: str, subject: str, message: str, now: float | None = None) -> None:
+        """Record (or count again) an operator-facing warning, such as an unmapped employee."""
+        now = time.time() if now is None else now
+        self.conn.execute(
+            "INSERT INTO warnings (kind, subject, message, count, first_at, last_at)"
+            " VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT(kind, subject) DO UPDATE SET"
+            " count = count + 1, last_at = excluded.last_at, message = excluded.message",
+            (kind, subject, message, now, now),
+        )
+
+    def warnings(self) -> list[dict[str, Any]]:
+        rows = self.conn.execute("SELECT * FROM warnings ORDER BY last_at DESC").fetchall()
+        return [dict(r) for r in rows]
