@@ -45,6 +45,22 @@ def _activate(args: argparse.Namespace) -> int:
     return trio.run(activation.activate, settings, print)
 
 
+def _templates(args: argparse.Namespace) -> int:
+    from . import templates
+
+    base = "https://tracker.example.com"
+    secret = "<uis.webhook_secret>"
+    if args.config or os.environ.get("TRACKER_CONFIG"):
+        settings = _settings(args)
+        base = settings.server.public_url.rstrip("/")
+    print(f"Notification URL (method POST, JSON body): {base}/webhooks/uis/{secret}\n")
+    for item in templates.NOTIFICATIONS:
+        print(f"== {item.event}: {item.ui_name_en} / {item.ui_name_ru}")
+        print(templates.template_body(item.event))
+        print()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tracker", description="UIS ↔ retailCRM connector")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     activate = commands.add_parser("activate", help="register the telephony in retailCRM")
     activate.add_argument("--config", help="TOML configuration (or env TRACKER_CONFIG)")
     activate.set_defaults(func=_activate)
+
+    show = commands.add_parser("templates", help="print the UIS notification templates to paste")
+    show.add_argument("--config", help="TOML configuration, for the public URL")
+    show.set_defaults(func=_templates)
     return parser
 
 

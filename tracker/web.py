@@ -21,6 +21,11 @@ from .errors import RejectedNotification
 log = logging.getLogger(__name__)
 
 _MAX_DEPTH = 32
+_LOGO = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 64 64"><rect width="64" height="64" rx="12"'
+    ' fill="#1d4ed8"/><path d="M20 16h8l4 10-5 3a24 24 0 0 0 8 8l3-5 10 4v8a4 4 0 0 1-4 4'
+    'C28 48 16 36 16 20a4 4 0 0 1 4-4z" fill="#fff"/></svg>'
+)
 
 
 def _json(data: dict[str, Any], status: int = 200) -> Response:
@@ -134,6 +139,10 @@ def create_app(ctx: Context) -> QuartTrio:
         if outcome.state is not None:
             body["state"] = outcome.state
         return _json(body)
+
+    @app.route("/static/logo.svg")
+    async def logo() -> Response:
+        return Response(_LOGO, content_type="image/svg+xml")
 
     @app.route("/healthz")
     async def healthz() -> Response:

@@ -112,10 +112,14 @@ class _Call:
     def at(self, seconds: float) -> datetime:
         return self.start + timedelta(seconds=seconds)
 
+    def _jitter(self) -> float:
+        """A few deterministic milliseconds, as real stamps have; under 10 ms keeps the order."""
+        return ((self.session_id * 31 + len(self.notifications) * 17) % 10) / 1000
+
     def add(self, event: str, seconds: float, **values: Any) -> None:
         common = {
             "call_session_id": self.session_id,
-            "notification_time": notification_time(self.at(seconds)),
+            "notification_time": notification_time(self.at(seconds + self._jitter())),
             "direction": self.direction,
             "virtual_phone_number": self.virtual,
             "contact_phone_number": self.contact,
@@ -269,13 +273,13 @@ def transfer(session_id: int, *, start: datetime, first: Employee, second: Emplo
              leg_ids=[leg_b])
     call.add("talk_finished", t_b + 0.1, employee_id=first[0], talk_time_duration=a_duration,
              leg_ids=[leg_a])
+    call.recorded(t_b + 1, 1, first, a_duration, media_url)
     call.add("talk_finished", t_b + talk_b, employee_id=second[0], talk_time_duration=talk_b,
              leg_ids=[leg_b])
     call.add("call_finished", t_b + talk_b + 0.05, employee_id=second[0],
              employee_full_name=second[1], talk_time_duration=talk,
              total_time_duration=wait + talk, wait_time_duration=wait,
              last_talked_employee_id=second[0])
-    call.recorded(t_b + 1, 1, first, a_duration, media_url)
     call.recorded(t_b + talk_b + 3, 2, second, talk_b, media_url)
     legs = [call.leg(1, first, 1, a_duration), call.leg(2, second, t_a + talk_a, talk_b)]
     return call.scenario("transfer", wait=wait, talk=talk, total=wait + talk, legs=legs,

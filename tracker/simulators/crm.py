@@ -1,0 +1,389 @@
+"""A fake retailCRM: the telephony routes the tracker calls, with its auth, validation and faults.
+
+Routes under ``/api/v5/`` and ``/api/v4/`` (``*`` = both versions):
+
+- ``POST */telephony/call/event`` (form ``event``), ``POST */telephony/calls/upload`` (``calls``)
+- ``POST v5/integration-modules/{code}/edit`` (``integrationModule``), ``GET v5/integration-modules/{code}``
+- ``POST v4/telephony/setting/{code}/edit`` (``configuration``), ``GET v4/telephony/setting/{code}``
+- ``POST v5/users/{id}/status`` (``status``), ``GET */telephony/manager?phone=``
+
+Checks, in order: fault (``fault`` or ``fail_next``), rate limit (503), route (404 ``API method
+not found``), key (401 ``"apiKey" is missing.``, 403 ``Wrong "apiKey" value.``), body shape (400
+``Errors in the entity format`` with ``errors``: a JSON body, a missing field, a field that is
+not JSON of the right type, an invalid value). A whole upload is refused if one item is invalid.
+
+``telephony/manager`` for an unknown phone answers ``{"success": true}`` without ``manager``.
+Every request is recorded in ``requests`` with the status answered, rejected ones included; a
+request held by the ``"hang"`` fault is recorded once it is answered (``hanging`` counts them).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+import trio
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from tracker.simulators.server import Changes
+
+T = TypeVar("T")
+
+FAULTS = (None, "503", "429", "500", "hang")
+JSON_FIELDS = ("event", "calls", "integrationModule", "configuration")
+HANGUP_STATUSES = ("answered", "no answered", "busy", "cancel", "failed")
+CALL_RESULTS = ("answered", "no answer", "busy", "failed", "not allowed", "unknown")
+USER_STATUSES = ("free", "busy", "dinner", "break")
+HTML_503 = "<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>"
+_PATH = re.compile(r"api/(v\d+)/(.*?)/?")
+
+Answer = tuple[int, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class CrmRequest:
+    """One request the simulator received, as parsed, with the HTTP status it answered."""
+
+    method: str
+    path: str
+    api_version: str  # "v4", "v5", or "" outside /api/
+    endpoint: str  # the path after the version, e.g. "telephony/call/event"
+    api_key: str | None
+    form: dict[str, str]
+    query: dict[str, str]
+    data: dict[str, Any]  # the form fields holding JSON, decoded (when they parse)
+    status: int
+
+
+class CrmError(Exception):
+    """An error answer: ``{"success": false, "errorMsg": ..., "errors": ...}``."""
+
+    def __init__(self, status: int, message: str, errors: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.errors = status, message, errors
+
+    def answer(self) -> Answer:
+        body: dict[str, Any] = {"success": False, "errorMsg": self.message}
+        if self.errors is not None:
+            body["errors"] = self.errors
+        return self.status, body
+
+
+def _invalid(errors: dict[str, str]) -> CrmError:
+    return CrmError(400, "Errors in the entity format", errors)
+
+
+class CrmSimulator:
+    """Fake retailCRM account; see the module docstring for routes and checks.
+
+    ``known_codes``/``known_user_ids``/``sites``: when given, events naming others get
+    ``notExistCodes``/``notExistUsers``, and an unknown ``site`` is a 400.
+    """
+
+    def __init__(self, api_key: str, *, known_codes: set[str] | None = None,
+                 known_user_ids: set[int] | None = None, sites: set[str] | None = None,
+                 rate_limit_per_second: float | None = None) -> None:
+        self.api_key = api_key
+        self.known_codes, self.known_user_ids, self.sites = known_codes, known_user_ids, sites
+        self.rate_limit_per_second = rate_limit_per_second
+        self.requests: list[CrmRequest] = []
+        self.uploaded: dict[str, dict[str, Any]] = {}  # externalId -> first call stored
+        self.calls: list[dict[str, Any]] = []  # every call stored, with or without externalId
+        self.events: list[dict[str, Any]] = []
+        self.modules: dict[str, dict[str, Any]] = {}
+        self.telephony_settings: dict[str, dict[str, Any]] = {}
+        self.user_statuses: dict[int, str] = {}
+        self.managers: dict[str, dict[str, Any]] = {}  # "+79991234567" -> manager object
+        self.hanging = 0
+        self.changes = Changes()
+        self._fault: str | None = None
+        self._next_faults: list[str] = []
+        self._unhang = trio.Event()
+        self._recent: deque[float] = deque()
+        self._routes: list[tuple[str, re.Pattern[str], tuple[str, ...], Callable[..., Answer]]] = [
+            ("POST", re.compile(r"telephony/call/event"), ("v4", "v5"), self._call_event),
+            ("POST", re.compile(r"telephony/calls/upload"), ("v4", "v5"), self._calls_upload),
+            ("POST", re.compile(r"integration-modules/(?P<code>[^/]+)/edit"), ("v5",),
+             self._module_edit),
+            ("GET", re.compile(r"integration-modules/(?P<code>[^/]+)"), ("v5",),
+             self._module_get),
+            ("POST", re.compile(r"telephony/setting/(?P<code>[^/]+)/edit"), ("v4",),
+             self._setting_edit),
+            ("GET", re.compile(r"telephony/setting/(?P<code>[^/]+)"), ("v4",),
+             self._setting_get),
+            ("POST", re.compile(r"users/(?P<user_id>\d+)/status"), ("v5",), self._user_status),
+            ("GET", re.compile(r"telephony/manager"), ("v4", "v5"), self._manager),
+        ]
+        self.app = self._build_app()
+
+    # -- test controls ---------------------------------------------------------------------
+
+    @property
+    def fault(self) -> str | None:
+        """The fault every request gets: None, "503", "429", "500" or "hang"."""
+        return self._fault
+
+    @fault.setter
+    def fault(self, value: str | None) -> None:
+        if value not in FAULTS:
+            raise ValueError(f"fault must be one of {FAULTS}")
+        self._fault = value
+        if value != "hang":  # release held requests
+            self._unhang.set()
+            self._unhang = trio.Event()
+
+    def fail_next(self, fault: str, count: int = 1) -> None:
+        """The next ``count`` requests get ``fault`` (a "hang" holds until ``fault`` is set)."""
+        if fault not in FAULTS or fault is None:
+            raise ValueError(f"fault must be one of {FAULTS[1:]}")
+        self._next_faults.extend([fault] * count)
+
+    def calls_for(self, external_id: str) -> list[dict[str, Any]]:
+        """Every call item sent in an accepted upload with this externalId (duplicates too)."""
+        return [item for r in self.requests
+                if r.endpoint == "telephony/calls/upload" and r.status == 200
+                for item in r.data["calls"] if str(item.get("externalId")) == str(external_id)]
+
+    def events_for(self, call_external_id: str) -> list[dict[str, Any]]:
+        """Accepted call events with this callExternalId, in arrival order."""
+        return [e for e in self.events if str(e.get("callExternalId")) == str(call_external_id)]
+
+    async def wait_for(self, predicate: Callable[[], T], timeout: float = 5.0) -> T:
+        """Wait until ``predicate()`` is truthy (re-checked on every request recorded)."""
+        return await self.changes.wait_until(predicate, timeout)
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    def _build_app(self) -> QuartTrio:
+        app = QuartTrio(__name__)
+        methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+        @app.route("/", defaults={"path": ""}, methods=methods)
+        @app.route("/<path:path>", methods=methods)
+        async def anything(path: str) -> Response:
+            return await self._dispatch(path)
+
+        return app
+
+    async def _dispatch(self, path: str) -> Response:
+        form = (await request.form).to_dict()
+        query = request.args.to_dict()
+        match = _PATH.fullmatch(path)
+        version, endpoint = (match.group(1), match.group(2)) if match else ("", path)
+        api_key = request.headers.get("X-API-KEY") or query.get("apiKey") or form.get("apiKey")
+        data = {}
+        for name in JSON_FIELDS:
+            if name in form:
+                try:
+                    data[name] = json.loads(form[name])
+                except ValueError:
+                    pass
+        status, body, headers = await self._outcome(version, endpoint, api_key, form, query, data)
+        self.requests.append(CrmRequest(request.method, "/" + path, version, endpoint, api_key,
+                                        form, query, data, status))
+        self.changes.poke()
+        if isinstance(body, str):
+            return Response(body, status=status, headers=headers, content_type="text/html")
+        return Response(json.dumps(body, ensure_ascii=False), status=status, headers=headers,
+                        content_type="application/json; charset=UTF-8")
+
+    async def _outcome(self, version: str, endpoint: str, api_key: str | None,
+                       form: dict[str, str], query: dict[str, str], data: dict[str, Any]
+                       ) -> tuple[int, dict[str, Any] | str, dict[str, str]]:
+        fault = self._next_faults.pop(0) if self._next_faults else self._fault
+        if fault == "hang":
+            self.hanging += 1
+            self.changes.poke()
+            try:
+                await self._unhang.wait()
+            finally:
+                self.hanging -= 1
+            fault = self._fault
+        if fault == "503" or self._over_rate_limit():
+            return 503, HTML_503, {}
+        if fault == "429":
+            return 429, {"success": False, "errorMsg": "Too Many Requests"}, {"Retry-After": "1"}
+        if fault == "500":
+            return 500, {"success": False, "errorMsg": "Internal Server Error"}, {}
+        try:
+            status, body = self._route(version, endpoint, api_key, form, query, data)
+        except CrmError as exc:
+            status, body = exc.answer()
+        return status, body, {}
+
+    def _over_rate_limit(self) -> bool:
+        if self.rate_limit_per_second is None:
+            return False
+        now = trio.current_time()
+        while self._recent and self._recent[0] <= now - 1.0:
+            self._recent.popleft()
+        if len(self._recent) >= self.rate_limit_per_second:
+            return True
+        self._recent.append(now)
+        return False
+
+    def _route(self, version: str, endpoint: str, api_key: str | None, form: dict[str, str],
+               query: dict[str, str], data: dict[str, Any]) -> Answer:
+        for method, pattern, versions, handler in self._routes:
+            match = pattern.fullmatch(endpoint)
+            if match and method == request.method and version in versions:
+                break
+        else:
+            raise CrmError(404, "API method not found")
+        if api_key is None:
+            raise CrmError(401, '"apiKey" is missing.')
+        if api_key != self.api_key:
+            raise CrmError(403, 'Wrong "apiKey" value.')
+        if method == "POST" and request.mimetype == "application/json":
+            raise _invalid({"body": "Expected application/x-www-form-urlencoded, not JSON"})
+        return handler(form, query, data, **match.groupdict())
+
+    @staticmethod
+    def _json_field(form: dict[str, str], data: dict[str, Any], name: str, kind: type[T]) -> T:
+        if name not in form:
+            raise _invalid({name: f"Parameter '{name}' is missing"})
+        value = data.get(name)
+        if not isinstance(value, kind):
+            raise _invalid({name: f"Expected a JSON {kind.__name__}"})
+        return value
+
+    # -- endpoints -------------------------------------------------------------------------
+
+    def _call_event(self, form: dict[str, str], query: dict[str, str],
+                    data: dict[str, Any]) -> Answer:
+        event = self._json_field(form, data, "event", dict)
+        errors = {}
+        if not isinstance(event.get("phone"), str) or not event["phone"].strip():
+            errors["phone"] = "This value should not be blank."
+        if event.get("type") not in ("in", "out", "hangup"):
+            errors["type"] = "The value you selected is not a valid choice."
+        elif event["type"] == "hangup" and event.get("hangupStatus") not in HANGUP_STATUSES:
+            errors["hangupStatus"] = "The value you selected is not a valid choice."
+        for name, kind in (("codes", str), ("userIds", int)):
+            value = event.get(name)
+            if value is not None and not (isinstance(value, list)
+                                          and all(isinstance(v, kind) for v in value)):
+                errors[name] = f"Expected a list of {kind.__name__}"
+        if self.sites is not None and "site" in event and event["site"] not in self.sites:
+            errors["site"] = "Site not found."
+        if errors:
+            raise _invalid(errors)
+        self.events.append(event)
+        answer: dict[str, Any] = {"success": True}
+        if self.known_codes is not None:
+            missing = [c for c in event.get("codes") or [] if c not in self.known_codes]
+            if missing:
+                answer["notExistCodes"] = missing
+        if self.known_user_ids is not None:
+            unknown = [u for u in event.get("userIds") or [] if u not in self.known_user_ids]
+            if unknown:
+                answer["notExistUsers"] = unknown
+        return 200, answer
+
+    def _calls_upload(self, form: dict[str, str], query: dict[str, str],
+                      data: dict[str, Any]) -> Answer:
+        calls = self._json_field(form, data, "calls", list)
+        if not 1 <= len(calls) <= 50:
+            raise _invalid({"calls": "Between 1 and 50 calls are expected."})
+        errors = {}
+        for i, item in enumerate(calls):
+            for name, problem in _call_problems(item, self.sites).items():
+                errors[f"calls[{i}].{name}"] = problem
+        if errors:
+            raise _invalid(errors)
+        duplicates, processed = [], 0
+        for item in calls:
+            external_id = None if item.get("externalId") is None else str(item["externalId"])
+            if external_id is not None and external_id in self.uploaded:
+                duplicates.append(external_id)
+                continue
+            if external_id is not None:
+                self.uploaded[external_id] = item
+            self.calls.append(item)
+            processed += 1
+        return 200, {"success": True, "processedCallsCount": processed,
+                     "duplicateCalls": duplicates}
+
+    def _module_edit(self, form: dict[str, str], query: dict[str, str], data: dict[str, Any],
+                     code: str) -> Answer:
+        module = self._json_field(form, data, "integrationModule", dict)
+        if module.get("code", code) != code:
+            raise _invalid({"code": "The code does not match the URL."})
+        created = code not in self.modules
+        self.modules[code] = {**self.modules.get(code, {}), **module}
+        integrations = module.get("integrations")
+        telephony = (integrations.get("telephony") or {}) if isinstance(integrations, dict) else {}
+        info: dict[str, list[Any]] = {}
+        if self.known_user_ids is not None:
+            info["notExistUsersIds"] = [c.get("userId") for c in telephony.get("additionalCodes")
+                                        or [] if c.get("userId") not in self.known_user_ids]
+        if self.sites is not None:
+            info["notExistSiteCodes"] = [p.get("siteCode") for p in telephony.get("externalPhones")
+                                         or [] if p.get("siteCode") not in self.sites]
+        return (201 if created else 200), {"success": True, "info": {k: v for k, v in
+                                                                      info.items() if v}}
+
+    def _module_get(self, form: dict[str, str], query: dict[str, str], data: dict[str, Any],
+                    code: str) -> Answer:
+        if code not in self.modules:
+            raise CrmError(404, "Not found")
+        return 200, {"success": True, "integrationModule": self.modules[code]}
+
+    def _setting_edit(self, form: dict[str, str], query: dict[str, str], data: dict[str, Any],
+                      code: str) -> Answer:
+        configuration = self._json_field(form, data, "configuration", dict)
+        created = code not in self.telephony_settings
+        self.telephony_settings[code] = configuration
+        return (201 if created else 200), {"success": True}
+
+    def _setting_get(self, form: dict[str, str], query: dict[str, str], data: dict[str, Any],
+                     code: str) -> Answer:
+        if code not in self.telephony_settings:
+            raise CrmError(404, "Not found")
+        return 200, {"success": True, "configuration": self.telephony_settings[code]}
+
+    def _user_status(self, form: dict[str, str], query: dict[str, str], data: dict[str, Any],
+                     user_id: str) -> Answer:
+        status = form.get("status")
+        if status is None:
+            raise _invalid({"status": "Parameter 'status' is missing"})
+        if status not in USER_STATUSES:
+            raise _invalid({"status": "The value you selected is not a valid choice."})
+        if self.known_user_ids is not None and int(user_id) not in self.known_user_ids:
+            raise CrmError(404, "Not found")
+        self.user_statuses[int(user_id)] = status
+        return 200, {"success": True}
+
+    def _manager(self, form: dict[str, str], query: dict[str, str],
+                 data: dict[str, Any]) -> Answer:
+        digits = "".join(c for c in query.get("phone", "") if c.isdigit())
+        if not digits:
+            raise _invalid({"phone": "Parameter 'phone' is missing"})
+        manager = self.managers.get("+" + digits)
+        return 200, {"success": True} if manager is None else {"success": True, "manager": manager}
+
+
+def _call_problems(item: Any, sites: set[str] | None) -> dict[str, str]:
+    """What is wrong with one uploaded call item (empty when it is valid)."""
+    if not isinstance(item, dict):
+        return {"": "Expected an object"}
+    problems = {}
+    try:
+        datetime.strptime(item.get("date"), "%Y-%m-%d %H:%M:%S")  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        problems["date"] = "Expected Y-m-d H:i:s"
+    if item.get("type") not in ("in", "out"):
+        problems["type"] = "The value you selected is not a valid choice."
+    if not isinstance(item.get("phone"), str) or not item["phone"].strip():
+        problems["phone"] = "This value should not be blank."
+    if item.get("result") not in CALL_RESULTS:
+        problems["result"] = "The value you selected is not a valid choice."
+    if sites is not None and "site" in item and item["site"] not in sites:
+        problems["site"] = "Site not found."
+    return problems
