@@ -57,3 +57,4 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
     logging.getLogger("hypercorn.access").setLevel(logging.WARNING)
+    logging.getLogger("transitions").setLevel(logging.WARNING)

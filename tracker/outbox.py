@@ -75,11 +75,19 @@ class Outbox:
         self._last_error: str | None = None
         self._last_success_at: float | None = None
         self._rng = random.Random()
+        self._progress = trio.Event()
         self.running = False
 
     def wake(self) -> None:
         """Tell the dispatcher that new work may be due (call after each commit)."""
         self._wakeup.set()
+
+    async def wait_until_idle(self) -> None:
+        """Block until nothing is due now and nothing is in flight (rows waiting for a later
+        retry or for a recording do not count). Tests and the benchmark use it; bound it with
+        ``trio.fail_after``."""
+        while self._in_flight or self._store.due_heads(time.time(), set(), 1):
+            await self._progress.wait()
 
     def statistics(self) -> OutboxStatistics:
         counts = self._store.outbox_counts()
@@ -137,6 +145,8 @@ class Outbox:
                     call_id_var.reset(token)
                     self._in_flight.discard(row["call_id"])
                     self.wake()
+                    self._progress.set()
+                    self._progress = trio.Event()
 
     async def _deliver(self, row: dict[str, Any]) -> None:
         handler = {"popup": self._popup, "hangup": self._hangup, "upload": self._upload}.get(row["kind"])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -21,6 +22,7 @@ import trio
 
 from . import statecharts
 from .calls import Call
+from .config import Settings
 from .context import Context, Lifecycle
 from .crm import CrmClient
 from .errors import StoreError
@@ -29,11 +31,18 @@ from .outbox import Outbox
 from .store import Store
 from .templates import EVENTS
 from .uis import UisClient
-from .config import Settings
 
 log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 0.3  # answer with Connection: close this long before hypercorn stops
+
+
+@dataclass(frozen=True)
+class Running:
+    """What ``serve`` reports once it accepts connections."""
+
+    url: str
+    ctx: Context
 
 
 def open_store(settings: Settings) -> Store:
@@ -52,10 +61,10 @@ async def serve(
     *,
     stop: trio.Event | None = None,
     handle_signals: bool = True,
-    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the daemon until ``stop`` is set or SIGINT/SIGTERM arrives; report the base URL."""
-    stop = stop or trio.Event()
+    """Run the daemon until ``stop`` is set or SIGINT/SIGTERM arrives; report ``Running``."""
+    stop = trio.Event() if stop is None else stop
     chart = statecharts.load_all(statecharts.DEFAULT_DIR, Call, EVENTS)["call"]
     store = open_store(settings)
     limits = httpx.Limits(max_connections=20, max_keepalive_connections=10)
@@ -89,7 +98,7 @@ async def serve(
 
                     url: str = await http_tasks.start(run_http)
                     log.info("tracker listening on %s", url)
-                    task_status.started(url)
+                    task_status.started(Running(url, ctx))
                 workers.cancel_scope.cancel()
     finally:
         store.close()

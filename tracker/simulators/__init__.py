@@ -5,9 +5,9 @@ records what the tracker sends; ``open_server``/``RestartableServer`` serve eith
 """
 
 from tracker.simulators.crm import CrmRequest, CrmSimulator
-from tracker.simulators.scenarios import Leg, Notification, Scenario
+from tracker.simulators.scenarios import Leg, Notification, Scenario, render_notification
 from tracker.simulators.server import Changes, RestartableServer, open_server
-from tracker.simulators.uis import Delivery, UisSimulator, render_notification
+from tracker.simulators.uis import Delivery, UisSimulator
 
 __all__ = [
     "Changes",

@@ -3,8 +3,8 @@
 Routes under ``/api/v5/`` and ``/api/v4/`` (``*`` = both versions):
 
 - ``POST */telephony/call/event`` (form ``event``), ``POST */telephony/calls/upload`` (``calls``)
-- ``POST v5/integration-modules/{code}/edit`` (``integrationModule``), ``GET v5/integration-modules/{code}``
-- ``POST v4/telephony/setting/{code}/edit`` (``configuration``), ``GET v4/telephony/setting/{code}``
+- ``POST v5/integration-modules/{code}/edit`` (``integrationModule``), ``GET`` the same without
+  ``/edit``; ``POST v4/telephony/setting/{code}/edit`` (``configuration``), ``GET`` likewise
 - ``POST v5/users/{id}/status`` (``status``), ``GET */telephony/manager?phone=``
 
 Checks, in order: fault (``fault`` or ``fail_next``), rate limit (503), route (404 ``API method
@@ -154,8 +154,9 @@ class CrmSimulator:
         """Accepted call events with this callExternalId, in arrival order."""
         return [e for e in self.events if str(e.get("callExternalId")) == str(call_external_id)]
 
-    async def wait_for(self, predicate: Callable[[], T], timeout: float = 5.0) -> T:
-        """Wait until ``predicate()`` is truthy (re-checked on every request recorded)."""
+    async def wait_for(self, predicate: Callable[[], T], timeout: float = 5.0) -> T:  # noqa: ASYNC109
+        """Wait until ``predicate()`` is truthy (re-checked on every request recorded);
+        trio.TooSlowError after ``timeout`` seconds."""
         return await self.changes.wait_until(predicate, timeout)
 
     # -- HTTP ------------------------------------------------------------------------------
@@ -230,17 +231,17 @@ class CrmSimulator:
 
     def _route(self, version: str, endpoint: str, api_key: str | None, form: dict[str, str],
                query: dict[str, str], data: dict[str, Any]) -> Answer:
-        for method, pattern, versions, handler in self._routes:
-            match = pattern.fullmatch(endpoint)
-            if match and method == request.method and version in versions:
-                break
-        else:
+        found = next(((handler, match) for method, pattern, versions, handler in self._routes
+                      if method == request.method and version in versions
+                      and (match := pattern.fullmatch(endpoint))), None)
+        if found is None:
             raise CrmError(404, "API method not found")
+        handler, match = found
         if api_key is None:
             raise CrmError(401, '"apiKey" is missing.')
         if api_key != self.api_key:
             raise CrmError(403, 'Wrong "apiKey" value.')
-        if method == "POST" and request.mimetype == "application/json":
+        if request.method == "POST" and request.mimetype == "application/json":
             raise _invalid({"body": "Expected application/x-www-form-urlencoded, not JSON"})
         return handler(form, query, data, **match.groupdict())
 
@@ -250,7 +251,8 @@ class CrmSimulator:
             raise _invalid({name: f"Parameter '{name}' is missing"})
         value = data.get(name)
         if not isinstance(value, kind):
-            raise _invalid({name: f"Expected a JSON {kind.__name__}"})
+            expected = "an array" if kind is list else "an object"
+            raise _invalid({name: f"Expected {expected} in JSON"})
         return value
 
     # -- endpoints -------------------------------------------------------------------------

@@ -63,17 +63,16 @@ def select(rows: list[dict[str, Any]], params: dict[str, Any], *, allowed: list[
         if date_till < date_from:
             raise bad_param("date_till", params["date_till"])
         if date_till > _months_later(date_from, 3):
-            raise bad_param("date_till", params["date_till"], mnemonic="date_interval_limit_reached")
+            raise bad_param("date_till", params["date_till"],
+                            mnemonic="date_interval_limit_reached")
         rows = [r for r in rows
                 if date_from <= datetime.strptime(r["start_time"], TIME_FORMAT) <= date_till]
     if params.get("filter"):
         rows = [r for r in rows if _matches(r, params["filter"], "filter", allowed)]
     for order in reversed(params.get("sort") or []):
-        name = order.get("field")
-        if name not in allowed:
-            raise bad_param("sort.field", name, mnemonic="sort_prohibited")
-        rows.sort(key=lambda r, name=name: (r.get(name) is not None, r.get(name)),
-                  reverse=order.get("order") == "desc")
+        if order.get("field") not in allowed:
+            raise bad_param("sort.field", order.get("field"), mnemonic="sort_prohibited")
+        rows.sort(key=_sort_key(order["field"]), reverse=order.get("order") == "desc")
     limit, offset = params.get("limit", 1000), params.get("offset", 0)
     if not isinstance(limit, int) or not 0 < limit <= 10_000:
         raise bad_param("limit", limit)
@@ -85,6 +84,10 @@ def select(rows: list[dict[str, Any]], params: dict[str, Any], *, allowed: list[
             raise bad_param("fields", name)
     page = [{n: r.get(n) for n in names} for r in rows[offset:offset + limit]]
     return {"data": page, "metadata": {"total_items": len(rows)}}
+
+
+def _sort_key(name: str) -> Callable[[dict[str, Any]], tuple[bool, Any]]:
+    return lambda row: (row.get(name) is not None, row.get(name))
 
 
 def _like(pattern: str, text: str, flags: int = 0) -> bool:

@@ -13,13 +13,14 @@ Only employee legs are modelled; the contact's own leg is left out of ``legs`` a
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from tracker.templates import BY_EVENT
+from tracker.templates import BY_EVENT, render, template_body
 
 Employee = tuple[int, str]
 """An employee as the builders need it: ``(employee_id, full_name)``."""
@@ -94,6 +95,20 @@ def record_id(session_id: int, k: int) -> str:
 def record_link(media_url: str, session_id: int, record: str) -> str:
     """The media URL of a record (``communication_id`` equals the session id for calls)."""
     return f"{media_url.rstrip('/')}/{session_id}/{record}/"
+
+
+def render_notification(notification: Notification) -> bytes:
+    """The POST body UIS sends: the event's template with every variable substituted."""
+    return render(template_body(notification.event), notification.values).encode()
+
+
+def query_values(notification: Notification) -> dict[str, str]:
+    """The GET parameters of a notification: arrays and booleans as JSON, None left out."""
+    out = {"event": notification.event}
+    for name, value in notification.values.items():
+        if value is not None:
+            out[name] = value if isinstance(value, str) else json.dumps(value)
+    return out
 
 
 class _Call:

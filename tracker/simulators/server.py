@@ -85,7 +85,8 @@ class Changes:
         self._event.set()
         self._event = trio.Event()
 
-    async def wait_until(self, predicate: Callable[[], T], timeout: float = 5.0) -> T:
+    # A test helper: a bound on each wait reads better in tests than a fail_after around it.
+    async def wait_until(self, predicate: Callable[[], T], timeout: float = 5.0) -> T:  # noqa: ASYNC109
         """Return the first truthy value of ``predicate()``; trio.TooSlowError after ``timeout``.
 
         The predicate is re-checked on every poke and at least every 50 ms (for time-based state

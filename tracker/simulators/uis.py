@@ -37,9 +37,16 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from tracker.simulators.jsonrpc import RpcError, bad_param, field_names, select
-from tracker.simulators.scenarios import DEFAULT_MEDIA_URL, Leg, Notification, Scenario, outbound
+from tracker.simulators.scenarios import (
+    DEFAULT_MEDIA_URL,
+    Leg,
+    Notification,
+    Scenario,
+    outbound,
+    query_values,
+    render_notification,
+)
 from tracker.simulators.server import Changes
-from tracker.templates import render, template_body
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -64,20 +71,6 @@ class Delivery:
     session_id: int
     event: str
     status: int | None
-
-
-def render_notification(notification: Notification) -> bytes:
-    """The POST body UIS sends: the event's template with every variable substituted."""
-    return render(template_body(notification.event), notification.values).encode()
-
-
-def query_values(notification: Notification) -> dict[str, str]:
-    """The GET parameters of a notification: arrays and booleans as JSON, None left out."""
-    out = {"event": notification.event}
-    for name, value in notification.values.items():
-        if value is not None:
-            out[name] = value if isinstance(value, str) else json.dumps(value)
-    return out
 
 
 class UisSimulator:
@@ -151,15 +144,20 @@ class UisSimulator:
         """Answer the next ``count`` calls of ``method`` with this error."""
         self._faults.setdefault(method, []).extend(RpcError(code, mnemonic) for _ in range(count))
 
-    async def wait_for(self, predicate: Callable[[], T], timeout: float = 5.0) -> T:
-        """Wait until ``predicate()`` is truthy (re-checked on every request and delivery)."""
+    async def wait_for(self, predicate: Callable[[], T], timeout: float = 5.0) -> T:  # noqa: ASYNC109
+        """Wait until ``predicate()`` is truthy (re-checked on every request and delivery);
+        trio.TooSlowError after ``timeout`` seconds."""
         return await self.changes.wait_until(predicate, timeout)
 
-    async def wait_for_rpc(self, method: str, timeout: float = 5.0) -> dict[str, Any]:
+    async def wait_for_rpc(self, method: str, timeout: float = 5.0) -> dict[str, Any]:  # noqa: ASYNC109
         """The first recorded request calling ``method``, waiting for it if needed."""
-        return await self.wait_for(
-            lambda: next((r for r in self.rpc_requests if r.get("method") == method), None),
-            timeout)
+
+        def first() -> dict[str, Any] | None:
+            return next((r for r in self.rpc_requests if r.get("method") == method), None)
+
+        found = await self.wait_for(first, timeout)
+        assert found is not None
+        return found
 
     # -- notifications ---------------------------------------------------------------------
 
@@ -239,11 +237,11 @@ class UisSimulator:
 
         @app.post("/dataapi/v2.0")
         async def data_api() -> Response:
-            return self._json(self._answer("data", await request.get_data()))
+            return self._json(self._answer("data", await request.get_data(True, False, False)))
 
         @app.post("/callapi/v4.0")
         async def call_api() -> Response:
-            return self._json(self._answer("call", await request.get_data()))
+            return self._json(self._answer("call", await request.get_data(True, False, False)))
 
         @app.get("/system/media/talk/<int:communication_id>/<record>/")
         async def media(communication_id: int, record: str) -> Response:
