@@ -118,7 +118,9 @@ INT_FIELDS = [
 ]
 
 
-@pytest.mark.parametrize("raw", [42, "42", " 42 ", 42.0], ids=["json-int", "get-digits", "padded", "float"])
+@pytest.mark.parametrize(
+    "raw", [42, "42", " 42 ", 42.0], ids=["json-int", "get-digits", "padded", "float"]
+)
 @pytest.mark.parametrize(("name", "attr"), INT_FIELDS)
 def test_integers_come_as_json_ints_or_digit_strings(name: str, attr: str, raw: Any) -> None:
     notification = events.parse(fields(**{name: raw}), MOSCOW)
@@ -239,7 +241,7 @@ def test_direction_is_normalised(event: str, raw: str | None, expected: str | No
         pytest.param("Europe/Berlin", "2019-12-16 14:40:47.234",
                      datetime(2019, 12, 16, 13, 40, 47, 234000, UTC), id="berlin-winter-cet"),
         pytest.param("Europe/Berlin", "2019-03-31 03:30:00",
-                     datetime(2019, 3, 31, 1, 30, tzinfo=UTC), id="berlin-just-after-spring-forward"),
+                     datetime(2019, 3, 31, 1, 30, tzinfo=UTC), id="berlin-after-spring-forward"),
         pytest.param("Europe/Moscow", "2019-12-16T14:40:47+00:00",
                      datetime(2019, 12, 16, 14, 40, 47, tzinfo=UTC), id="explicit-offset-wins"),
     ],
@@ -280,8 +282,8 @@ REJECTIONS = [
     pytest.param({"contact_full_name": {"a": 1}}, "contact_full_name", id="name-object"),
     pytest.param({"contact_full_name": True}, "contact_full_name", id="name-bool"),
     pytest.param({"notification_time": "yesterday"}, "notification_time", id="time-word"),
-    pytest.param({"notification_time": "2019-13-45 00:00:00"}, "notification_time", id="time-no-date"),
-    pytest.param({"notification_time": "16.12.2019 14:40"}, "notification_time", id="time-ru-order"),
+    pytest.param({"notification_time": "2019-13-45 00:00:00"}, "notification_time", id="time-13th"),
+    pytest.param({"notification_time": "16.12.2019 14:40"}, "notification_time", id="time-dmy"),
     pytest.param({"notification_time": TOO_LONG}, "notification_time", id="time-5000-chars"),
     pytest.param({"employee_ids": "[1,"}, "employee_ids", id="ids-broken-json"),
     pytest.param({"employee_ids": '[1,"x"]'}, "employee_ids", id="ids-text-item"),
@@ -312,12 +314,6 @@ def test_missing_session_id_is_rejected() -> None:
     assert info.value.field == "call_session_id"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="BUG events._int: int() of a digit string over 4300 digits, or of text isdigit() "
-    "accepts but int() refuses ('²', '--5'), raises a bare ValueError, not RejectedNotification",
-)
 @pytest.mark.parametrize(
     "overrides",
     [

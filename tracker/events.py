@@ -21,6 +21,7 @@ from .templates import EVENTS
 
 _UNREPLACED = re.compile(r"^\{\{\s*[A-Za-z_]+\s*\}\}$")
 _MAX_ID = 2**63 - 1
+_DIGITS = re.compile(r"-?[0-9]{1,20}")  # ASCII only: str.isdigit() also accepts '²' 
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ def _int(fields: Mapping[str, Any], name: str, *, required: bool = False) -> int
         raise RejectedNotification(f"must be an integer, got {json.dumps(value)}", name)
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
         value = int(value.strip())
     if not isinstance(value, int):
         shown = json.dumps(value, ensure_ascii=False, default=str)[:80]
