@@ -109,7 +109,7 @@ async def test_sigterm_under_load_stops_quickly_and_keeps_every_acknowledged_not
                         with trio.fail_after(10):
                             code = await process.wait()
                         stopped_after = time.monotonic() - sent_at
-                        nursery.cancel_scope.cancel()
+                        # the load tasks end by themselves on their first refused connection
             finally:
                 if process.returncode is None:
                     process.kill()

@@ -14,6 +14,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -45,16 +46,28 @@ class OutboxStatistics:
 
 
 @dataclass(frozen=True)
-class _Done:
+class Done:
+    """A row is finished: ``delivered`` or ``dropped`` (pointless now), with a note."""
+
     status: str  # "delivered" | "dropped"
     note: str = ""
-    answer: CrmAnswer | None = None
+    request: dict[str, Any] | None = None  # what was sent, for the call's timeline
+    response: str | None = None  # the upstream's answer text
+
+    @classmethod
+    def sent(cls, answer: CrmAnswer, note: str = "") -> Done:
+        """Delivered to retailCRM with this answer."""
+        return cls("delivered", note, answer.request, answer.text)
 
 
 @dataclass(frozen=True)
-class _Later:
+class Later:
+    """Not a failure: ask again after ``delay_seconds`` (e.g. a recording not ready yet)."""
     delay_seconds: float
     note: str
+
+
+Handler = Callable[[dict[str, Any], dict[str, Any]], Awaitable["Done | Later"]]
 
 
 class Outbox:
@@ -67,7 +80,7 @@ class Outbox:
         self._uis = uis
         self._tz = ZoneInfo(settings.crm.timezone)
         self._wakeup = trio.Event()
-        self._in_flight: set[int] = set()
+        self._in_flight: set[str] = set()  # lanes being delivered
         self._idle = trio.Event()
         self._delivered_total = 0
         self._failed_total = 0
@@ -77,6 +90,12 @@ class Outbox:
         self._rng = random.Random()
         self._progress = trio.Event()
         self.running = False
+        # kind -> async (row, payload) -> Done | Later; other modules may register more kinds.
+        self.handlers: dict[str, Handler] = {
+            "popup": self._popup,
+            "hangup": self._hangup,
+            "upload": self._upload,
+        }
 
     def wake(self) -> None:
         """Tell the dispatcher that new work may be due (call after each commit)."""
@@ -126,7 +145,7 @@ class Outbox:
             free = workers - len(self._in_flight)
             rows = self._store.due_heads(now, self._in_flight, free) if free > 0 else []
             for row in rows:
-                self._in_flight.add(row["call_id"])
+                self._in_flight.add(row["lane"])
                 await send.send(row)
             if rows:
                 continue
@@ -138,18 +157,18 @@ class Outbox:
     async def _work(self, receive: trio.MemoryReceiveChannel[dict[str, Any]]) -> None:
         async with receive:
             async for row in receive:
-                token = call_id_var.set(row["call_id"])
+                token = call_id_var.set(row["call_id"])  # None for lanes that are not calls
                 try:
                     await self._deliver(row)
                 finally:
                     call_id_var.reset(token)
-                    self._in_flight.discard(row["call_id"])
+                    self._in_flight.discard(row["lane"])
                     self.wake()
                     self._progress.set()
                     self._progress = trio.Event()
 
     async def _deliver(self, row: dict[str, Any]) -> None:
-        handler = {"popup": self._popup, "hangup": self._hangup, "upload": self._upload}.get(row["kind"])
+        handler = self.handlers.get(row["kind"])
         now = time.time()
         try:
             if handler is None:
@@ -177,15 +196,16 @@ class Outbox:
                                           count_attempt=True, last_error=f"internal error: {exc!r}")
             log.exception("%s #%d: internal error", row["kind"], row["id"])
             return
-        if isinstance(outcome, _Later):
+        if isinstance(outcome, Later):
             self._store.reschedule_outbox(row["id"], now + outcome.delay_seconds, now,
                                           count_attempt=False, last_error=outcome.note)
             log.info("%s #%d: %s", row["kind"], row["id"], outcome.note)
             return
         extra: dict[str, Any] = {"last_error": outcome.note or None}
-        if outcome.answer is not None:
-            extra["request"] = json.dumps(outcome.answer.request, ensure_ascii=False)
-            extra["response"] = outcome.answer.text
+        if outcome.request is not None:
+            extra["request"] = json.dumps(outcome.request, ensure_ascii=False)
+        if outcome.response is not None:
+            extra["response"] = outcome.response
         self._store.finish_outbox(row["id"], outcome.status, time.time(), **extra)
         if outcome.status == "delivered":
             self._delivered_total += 1
@@ -210,26 +230,26 @@ class Outbox:
 
     # -- the actions --------------------------------------------------------------------------
 
-    async def _popup(self, row: dict[str, Any], payload: dict[str, Any]) -> _Done:
+    async def _popup(self, row: dict[str, Any], payload: dict[str, Any]) -> Done:
         call = self._store.call_row(row["call_id"])
         if call is None or call["state"] in actions.FINAL_STATES:
-            return _Done("dropped", "the call ended before the card could be shown")
+            return Done("dropped", "the call ended before the card could be shown")
         employee = self._settings.employee_by_uis_id(payload["employee_id"])
         if employee is None:
             self._warn_unmapped(payload["employee_id"])
-            return _Done("dropped", f"UIS employee {payload['employee_id']} is not mapped")
+            return Done("dropped", f"UIS employee {payload['employee_id']} is not mapped")
         answer = await self._crm.send_call_event(actions.call_event(call, [employee], self._settings))
         self._note_mapping(answer)
         opened = self._store.cards_open(row["call_id"])
         if employee.uis_id not in opened:
             self._store.set_cards_open(row["call_id"], [*opened, employee.uis_id])
-        return _Done("delivered", answer=answer)
+        return Done.sent(answer)
 
-    async def _hangup(self, row: dict[str, Any], payload: dict[str, Any]) -> _Done:
+    async def _hangup(self, row: dict[str, Any], payload: dict[str, Any]) -> Done:
         opened = self._store.cards_open(row["call_id"])
         targets = [e for e in payload["employee_ids"] if e in opened]
         if not targets:
-            return _Done("dropped", "no card was open for these employees")
+            return Done("dropped", "no card was open for these employees")
         employees = [e for e in map(self._settings.employee_by_uis_id, targets) if e is not None]
         call = self._store.call_row(row["call_id"])
         assert call is not None
@@ -238,9 +258,9 @@ class Outbox:
         self._note_mapping(answer)
         still_open = [e for e in self._store.cards_open(row["call_id"]) if e not in targets]
         self._store.set_cards_open(row["call_id"], still_open)
-        return _Done("delivered", answer=answer)
+        return Done.sent(answer)
 
-    async def _upload(self, row: dict[str, Any], payload: dict[str, Any]) -> _Done | _Later:
+    async def _upload(self, row: dict[str, Any], payload: dict[str, Any]) -> Done | Later:
         call = self._store.call_row(row["call_id"])
         assert call is not None
         result = payload["result"]
@@ -269,7 +289,7 @@ class Outbox:
             url = url or call["file_link"]
             if url is None and remaining > 0:
                 delay = min(remaining, max(1.0, min(30.0, 2.0 ** row["attempts"])))
-                return _Later(delay, f"{problem}; asking again in {delay:.0f}s")
+                return Later(delay, f"{problem}; asking again in {delay:.0f}s")
             if url is None:
                 note = f"uploaded without a recording ({problem})"
                 log.warning("call %s: %s", call["id"], note)
@@ -285,7 +305,7 @@ class Outbox:
         if str(call["id"]) in (answer.body.get("duplicateCalls") or []):
             note = (note + "; " if note else "") + "retailCRM already had it (duplicateCalls)"
         self._store.set_record_url(call["id"], url)
-        return _Done("delivered", note, answer)
+        return Done.sent(answer, note)
 
     def _warn_unmapped(self, uis_id: int) -> None:
         self._store.warn("unmapped_employee", str(uis_id),

@@ -77,6 +77,7 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     db["outbox"].create(
         {
             "id": int,
+            "lane": str,
             "call_id": int,
             "kind": str,
             "priority": int,
@@ -91,10 +92,10 @@ def _migration_1(db: sqlite_utils.Database) -> None:
             "response": str,
         },
         pk="id",
-        not_null={"kind", "status"},
+        not_null={"lane", "kind", "status"},
         defaults={"attempts": 0, "priority": 0},
     )
-    db["outbox"].create_index(["status", "call_id", "id"])
+    db["outbox"].create_index(["status", "lane", "id"])
     db["outbox"].create_index(["call_id", "id"])
     db["warnings"].create(
         {
@@ -109,9 +110,41 @@ def _migration_1(db: sqlite_utils.Database) -> None:
         pk="id",
     )
     db["warnings"].create_index(["kind", "subject"], unique=True)
+    # The request log: admin API calls and retailCRM callbacks (make-call, user-status).
+    db["api_requests"].create(
+        {
+            "id": int,
+            "at": float,
+            "source": str,  # "admin" | "crm" | "uis"
+            "key_name": str,
+            "method": str,
+            "params": str,  # JSON, secrets masked
+            "outcome": str,  # "ok" or an error mnemonic
+            "status": int,  # HTTP status answered
+            "duration_ms": float,
+        },
+        pk="id",
+    )
+    db["api_requests"].create_index(["at"])
 
 
-MIGRATIONS = [_migration_1]
+def _migration_2(db: sqlite_utils.Database) -> None:
+    """Issue 3: click-to-call and employee status sync (filled in by that work)."""
+
+
+def _migration_3(db: sqlite_utils.Database) -> None:
+    """Issue 4: API keys and the admin API (filled in by that work)."""
+
+
+def _migration_4(db: sqlite_utils.Database) -> None:
+    """Issue 5: sweeper, reconciliation, hardening (filled in by that work)."""
+
+
+def _migration_5(db: sqlite_utils.Database) -> None:
+    """Issue 7: responsible-manager routing (filled in by that work)."""
+
+
+MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5]
 
 
 class Store:
@@ -301,36 +334,40 @@ class Store:
 
     # -- outbox -------------------------------------------------------------------------------
 
-    def enqueue(self, call_id: int, kind: str, priority: int, payload: dict[str, Any], now: float) -> int:
+    def enqueue(self, call_id: int | None, kind: str, priority: int, payload: dict[str, Any],
+                now: float, *, lane: str | None = None) -> int:
+        """Add an outbox row. Rows of one ``lane`` (default ``call:<id>``) are delivered in
+        order, one at a time; other work (e.g. ``employee:<id>``) picks its own lane."""
+        lane = lane if lane is not None else f"call:{call_id}"
         cursor = self.conn.execute(
-            "INSERT INTO outbox (call_id, kind, priority, payload, status, attempts, next_at,"
-            " created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
-            (call_id, kind, priority, json.dumps(payload), now, now, now),
+            "INSERT INTO outbox (lane, call_id, kind, priority, payload, status, attempts, next_at,"
+            " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
+            (lane, call_id, kind, priority, json.dumps(payload), now, now, now),
         )
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
-    def due_heads(self, now: float, exclude_calls: set[int], limit: int) -> list[dict[str, Any]]:
-        """The first pending row of each call whose time has come, cards before uploads."""
+    def due_heads(self, now: float, exclude_lanes: set[str], limit: int) -> list[dict[str, Any]]:
+        """The first pending row of each lane whose time has come, cards before uploads."""
         rows = self.conn.execute(
             """
             SELECT o.* FROM outbox o
-            JOIN (SELECT call_id, min(id) AS head FROM outbox WHERE status = 'pending'
-                  GROUP BY call_id) h ON o.id = h.head
+            JOIN (SELECT lane, min(id) AS head FROM outbox WHERE status = 'pending'
+                  GROUP BY lane) h ON o.id = h.head
             WHERE o.next_at <= ?
             ORDER BY o.priority, o.id
             LIMIT ?
             """,
-            (now, limit + len(exclude_calls)),
+            (now, limit + len(exclude_lanes)),
         ).fetchall()
-        return [dict(r) for r in rows if r["call_id"] not in exclude_calls][:limit]
+        return [dict(r) for r in rows if r["lane"] not in exclude_lanes][:limit]
 
     def next_due_at(self) -> float | None:
         row = self.conn.execute(
             """
             SELECT min(o.next_at) FROM outbox o
-            JOIN (SELECT call_id, min(id) AS head FROM outbox WHERE status = 'pending'
-                  GROUP BY call_id) h ON o.id = h.head
+            JOIN (SELECT lane, min(id) AS head FROM outbox WHERE status = 'pending'
+                  GROUP BY lane) h ON o.id = h.head
             """
         ).fetchone()
         return row[0] if row else None
@@ -386,6 +423,19 @@ class Store:
             "SELECT * FROM outbox WHERE status = 'dead' ORDER BY id DESC LIMIT ?", (limit,)
         ).fetchall()
         return [dict(r) for r in rows]
+
+    # -- request log --------------------------------------------------------------------------
+
+    def log_request(self, *, source: str, method: str, params: dict[str, Any], outcome: str,
+                    status: int, duration_ms: float, key_name: str | None = None,
+                    at: float | None = None) -> None:
+        """Append to the request log; ``params`` must already have its secrets masked."""
+        self.conn.execute(
+            "INSERT INTO api_requests (at, source, key_name, method, params, outcome, status,"
+            " duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (time.time() if at is None else at, source, key_name, method,
+             json.dumps(params, ensure_ascii=False, default=str), outcome, status, duration_ms),
+        )
 
     # -- warnings -----------------------------------------------------------------------------
 
