@@ -29,6 +29,14 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    logs.configure("WARNING", "text")
+    trio.run(bench.run_bench, args.quick)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from . import demo
 
@@ -74,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--calls-per-minute", type=float, default=20.0)
     demo.add_argument("--database", default=None, help="database file (default: a temp dir)")
     demo.set_defaults(func=_demo)
+
+    bench = commands.add_parser("bench", help="measure throughput, latency, memory, start-up")
+    bench.add_argument("--quick", action="store_true", help="a small run that takes seconds")
+    bench.set_defaults(func=_bench)
 
     activate = commands.add_parser("activate", help="register the telephony in retailCRM")
     activate.add_argument("--config", help="TOML configuration (or env TRACKER_CONFIG)")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -96,6 +97,7 @@ class CrmSimulator:
         self.uploaded: dict[str, dict[str, Any]] = {}  # externalId -> first call stored
         self.calls: list[dict[str, Any]] = []  # every call stored, with or without externalId
         self.events: list[dict[str, Any]] = []
+        self.arrivals: dict[str, float] = {}  # callExternalId -> perf_counter of its first event
         self.modules: dict[str, dict[str, Any]] = {}
         self.telephony_settings: dict[str, dict[str, Any]] = {}
         self.user_statuses: dict[int, str] = {}
@@ -277,6 +279,7 @@ class CrmSimulator:
         if errors:
             raise _invalid(errors)
         self.events.append(event)
+        self.arrivals.setdefault(str(event.get("callExternalId")), time.perf_counter())
         answer: dict[str, Any] = {"success": True}
         if self.known_codes is not None:
             missing = [c for c in event.get("codes") or [] if c not in self.known_codes]
