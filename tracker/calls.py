@@ -140,11 +140,11 @@ def apply(chart: Chart, call: Call, notification: Notification) -> Applied:
     """Fire ``notification`` on ``call`` (mutated in place) and return what must be done."""
     before = call.state
     call.commands = []
-    chart.machine.add_model(call, initial=call.state)
-    try:
-        call.trigger(notification.event, notification=notification)  # type: ignore[attr-defined]
-    finally:
-        chart.machine.remove_model(call)
+    # Fire the chart's Event on the model directly: the same transitions, conditions and
+    # callbacks as add_model/trigger/remove_model, without attaching some forty convenience
+    # methods to the model on every event (that was a third of the ingest CPU). The machine
+    # holds no reference to the call afterwards.
+    chart.machine.events[notification.event].trigger(call, notification=notification)
     return Applied(state_before=before, state_after=call.state, commands=tuple(call.commands))
 
 

@@ -62,14 +62,21 @@ def is_known_event(name: str) -> bool:
     return name in EVENTS
 
 
-def dedupe_key(fields: Mapping[str, Any]) -> str:
-    """Identical notifications (a re-delivery) share this key; different ones never do."""
-    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+def canonical(fields: Mapping[str, Any]) -> str:
+    """The notification as compact JSON with sorted keys: what is journaled and hashed."""
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def parse(fields: Mapping[str, Any], tz: ZoneInfo) -> Notification:
-    """Validate and normalise a known event's fields; ``tz`` is the account's time zone.
+def dedupe_key(fields: Mapping[str, Any], text: str | None = None) -> str:
+    """Identical notifications (a re-delivery) share this key; different ones never do.
+    ``text`` is ``canonical(fields)`` when the caller has it already."""
+    text = canonical(fields) if text is None else text
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def parse(fields: Mapping[str, Any], tz: ZoneInfo, text: str | None = None) -> Notification:
+    """Validate and normalise a known event's fields; ``tz`` is the account's time zone;
+    ``text`` is ``canonical(fields)`` when the caller has it already.
 
     Raises ``RejectedNotification`` naming the first bad field.
     """
@@ -91,7 +98,7 @@ def parse(fields: Mapping[str, Any], tz: ZoneInfo) -> Notification:
     return Notification(
         event=event,
         session_id=session_id,
-        dedupe_key=dedupe_key(fields),
+        dedupe_key=dedupe_key(fields, text),
         at=_time(fields, "notification_time", tz),
         direction=direction,
         contact_phone=_phone(fields, "contact_phone_number"),
@@ -192,7 +199,11 @@ def _time(fields: Mapping[str, Any], name: str, tz: ZoneInfo) -> float | None:
         return None
     text = text.strip()
     moment: datetime | None = None
-    for fmt in _TIME_FORMATS:
+    try:
+        moment = datetime.fromisoformat(text)  # C-fast; reads "2019-12-16 14:40:47.234" too
+    except ValueError:
+        pass
+    for fmt in _TIME_FORMATS if moment is None else ():
         try:
             moment = datetime.strptime(text, fmt)
             break

@@ -7,7 +7,6 @@ returns, and wakes the outbox afterwards.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Mapping
@@ -51,12 +50,12 @@ def ingest(
     Raises ``RejectedNotification`` (after journaling the rejection) for bad fields.
     """
     now = time.time() if now is None else now
-    body = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+    body = events.canonical(fields)
     try:
         name = events.event_name(fields)
         if not events.is_known_event(name):
             return _ignore(store, fields, name, method, body, now)
-        notification = events.parse(fields, tz)
+        notification = events.parse(fields, tz, body)
     except RejectedNotification as exc:
         journal_rejected(store, str(exc), body, method, now)
         raise
@@ -97,7 +96,7 @@ def ingest(
 def _ignore(store: Store, fields: Mapping[str, Any], name: str, method: str, body: str,
             now: float) -> Outcome:
     with store.transaction():
-        key = events.dedupe_key(fields)
+        key = events.dedupe_key(fields, body)
         if store.journal(received_at=now, event=name[:100], outcome="ignored", dedupe_key=key,
                          method=method, body=body[:_BODY_KEEP]) is None:
             store.count_duplicate(key)
