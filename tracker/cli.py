@@ -17,7 +17,10 @@ def _settings(args: argparse.Namespace) -> config.Settings:
     path = args.config or os.environ.get("TRACKER_CONFIG")
     if not path:
         raise ConfigError(["no configuration: pass --config PATH or set TRACKER_CONFIG"])
-    return config.load(path, os.environ)
+    settings = config.load(path, os.environ)
+    logs.redact(settings.uis.webhook_secret.reveal(), settings.uis.access_token.reveal(),
+                settings.crm.api_key.reveal(), settings.crm.client_id.reveal())
+    return settings
 
 
 def _serve(args: argparse.Namespace) -> int:

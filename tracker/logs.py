@@ -17,6 +17,33 @@ class _CallIdFilter(logging.Filter):
         return True
 
 
+class Redactor(logging.Filter):
+    """Replaces known secret values in log messages by ``***`` (defence in depth: a library
+    logging a URL or a header must not leak the webhook secret or an API key)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: tuple[str, ...] = ()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            message = record.getMessage()
+            redacted = message
+            for secret in self.secrets:
+                redacted = redacted.replace(secret, "***")
+            if redacted != message:
+                record.msg, record.args = redacted, ()
+        return True
+
+
+_REDACTOR = Redactor()
+
+
+def redact(*secrets: str) -> None:
+    """Mask these values in every log line from now on (called once the settings are read)."""
+    _REDACTOR.secrets = tuple(sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True))
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line."""
 
@@ -45,6 +72,7 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
     """Configure the root logger once, at the entry point only."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_CallIdFilter())
+    handler.addFilter(_REDACTOR)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

@@ -14,7 +14,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from . import ingest, page
+from . import ingest, page, routing
 from .context import Context
 from .errors import RejectedNotification
 
@@ -89,6 +89,14 @@ def create_app(ctx: Context) -> QuartTrio:
     app.config["RESPONSE_TIMEOUT"] = 30
     secret = ctx.settings.uis.webhook_secret.reveal().encode()
 
+    @app.errorhandler(Exception)
+    async def internal_error(exc: Exception) -> Response:
+        if isinstance(exc, HTTPException):
+            return await http_error(exc)
+        # logged without the request path: the notification URL holds the webhook secret
+        log.error("internal error answering %s: %r", request.method, exc, exc_info=exc)
+        return _error(500, "internal_error", "tracker failed to handle this request; see its log")
+
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
         code = exc.code or 500
@@ -105,7 +113,8 @@ def create_app(ctx: Context) -> QuartTrio:
             response.headers["Connection"] = "close"
         return response
 
-    @app.route("/webhooks/uis/<path:given>", methods=["GET", "POST"])
+    # One path segment: "<secret>/anything" is no notification (it 404s, or is another route).
+    @app.route("/webhooks/uis/<given>", methods=["GET", "POST"])
     async def uis_notification(given: str) -> Response:
         if not hmac.compare_digest(given.encode(), secret):
             return _error(404, "not_found", "no such page")
@@ -139,6 +148,8 @@ def create_app(ctx: Context) -> QuartTrio:
         if outcome.state is not None:
             body["state"] = outcome.state
         return _json(body)
+
+    routing.register(app, ctx)
 
     @app.route("/static/logo.svg")
     async def logo() -> Response:
