@@ -70,10 +70,19 @@ class Daemon:
     sims: Sims
     client: httpx.AsyncClient
     done: trio.Event = field(default_factory=trio.Event)
+    _page_key: str | None = None
 
     @property
     def webhook(self) -> str:
         return f"{self.url}/webhooks/uis/{SECRET}"
+
+    def page_headers(self) -> dict[str, str]:
+        """``Authorization`` for the status page (a ``calls:read`` key, made on first use)."""
+        if self._page_key is None:
+            from tracker import keys
+
+            self._page_key = keys.create(self.ctx.store, "test-page", ["calls:read"])[1]
+        return {"Authorization": f"Bearer {self._page_key}"}
 
     async def settle(self) -> None:
         """Wait until the outbox has delivered everything that is due."""

@@ -289,7 +289,7 @@ async def test_permanent_refusal_becomes_a_dead_letter_with_the_upstream_message
             [dead] = d.ctx.store.dead_letters()
             assert dead["kind"] == "upload"
             assert "Wrong \"apiKey\" value" in dead["last_error"]
-            page = (await d.client.get(f"{d.url}/")).text
+            page = (await d.client.get(f"{d.url}/", headers=d.page_headers())).text
             assert "Dead letters" in page and "apiKey" in page
 
 
@@ -361,8 +361,9 @@ async def test_status_page_and_timeline_escape_outside_data(tmp_path):
             await d.post({"event": "incoming_call", "call_session_id": 7,
                           "contact_phone_number": evil, "contact_full_name": evil})
             for path in ("/", "/calls/7"):
-                page = (await d.client.get(d.url + path)).text
+                page = (await d.client.get(d.url + path, headers=d.page_headers())).text
                 assert evil not in page and "&lt;script&gt;" in page
-            timeline = (await d.client.get(f"{d.url}/calls/7?format=json")).json()
+            timeline = (await d.client.get(f"{d.url}/calls/7?format=json",
+                                           headers=d.page_headers())).json()
             assert timeline["call"]["state"] == "ringing"
             assert [e["event"] for e in timeline["events"]] == ["incoming_call"]

@@ -10,7 +10,7 @@ import httpx
 
 from .config import Settings
 from .crm import CrmClient
-from .errors import DeliveryError
+from .errors import DeliveryError, RetryableDelivery
 from .phones import to_e164
 
 
@@ -63,6 +63,22 @@ def configuration_v4(settings: Settings) -> dict[str, Any]:
     }
 
 
+def answer_warnings(settings: Settings, body: dict[str, Any]) -> list[str]:
+    """Readable warnings for the ids and codes retailCRM says it does not know."""
+    # retailCRM (PHP) sends an empty ``info`` as ``[]``; the lists may also sit at the top level.
+    info = body.get("info") if isinstance(body.get("info"), dict) else body
+    warnings = []
+    for value in info.get("notExistUsersIds") or []:
+        mapped = [e for e in settings.employees if str(e.crm_user_id) == str(value)]
+        where = ", ".join(f"uis_id {e.uis_id}, code {e.code!r}" for e in mapped)
+        warnings.append(f"retailCRM has no user with id {value}"
+                        + (f" ([[employees]] {where})" if where else "")
+                        + ": that employee gets no pop-up; fix crm_user_id")
+    for value in info.get("notExistSiteCodes") or []:
+        warnings.append(f"retailCRM has no store (site) with code {value!r}: fix crm.site")
+    return warnings
+
+
 async def activate(settings: Settings, out: Callable[[str], None]) -> int:
     """Register (create or update) the integration; print retailCRM's answer. Exit code."""
     code = settings.crm.code
@@ -77,14 +93,15 @@ async def activate(settings: Settings, out: Callable[[str], None]) -> int:
                                         {"integrationModule": module_v5(settings)})
         except DeliveryError as exc:
             out(f"activation failed: {exc}")
+            if isinstance(exc, RetryableDelivery) and exc.detail and exc.detail not in str(exc):
+                out("retailCRM said: " + " ".join(exc.detail.split())[:500])
             return 1
     out(f"retailCRM answered HTTP {answer.status}:")
     out(json.dumps(answer.body, ensure_ascii=False, indent=2))
-    info = answer.body.get("info") if isinstance(answer.body.get("info"), dict) else answer.body
-    for key, label in (("notExistUsersIds", "retailCRM has no user with id"),
-                       ("notExistSiteCodes", "retailCRM has no store (site) with code")):
-        for value in info.get(key) or []:
-            out(f"warning: {label} {value} (check [[employees]] / crm.site)")
+    for warning in answer_warnings(settings, answer.body):
+        out(f"warning: {warning}")
+    if not settings.employees:
+        out("warning: no [[employees]]: no extension codes registered, nobody gets a pop-up")
     out(f"telephony {code!r} is registered; makeCallUrl and changeUserStatusUrl point at "
         f"{settings.server.public_url.rstrip('/')}/crm/…")
     return 0

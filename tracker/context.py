@@ -7,6 +7,8 @@ from zoneinfo import ZoneInfo
 
 from .config import Settings
 from .crm import CrmClient
+from .live import Live
+from .metrics import Metrics
 from .outbox import Outbox
 from .statecharts import Chart
 from .store import Store
@@ -32,6 +34,8 @@ class Context:
     crm: CrmClient
     uis: UisClient
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
+    metrics: Metrics = field(default_factory=Metrics)
+    live: Live = field(default_factory=Live)  # change feed of the status page
 
     @property
     def tz(self) -> ZoneInfo:

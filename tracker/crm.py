@@ -15,7 +15,8 @@ from typing import Any
 import httpx
 
 from .config import CrmSettings
-from .errors import PermanentDelivery, RetryableDelivery
+from .errors import DeliveryError, PermanentDelivery, RetryableDelivery
+from .throttle import Gate
 
 
 @dataclass(frozen=True)
@@ -31,9 +32,11 @@ class CrmAnswer:
 class CrmClient:
     """Typed calls to one retailCRM account."""
 
-    def __init__(self, http: httpx.AsyncClient, settings: CrmSettings) -> None:
+    def __init__(self, http: httpx.AsyncClient, settings: CrmSettings,
+                 gate: Gate | None = None) -> None:
         self._http = http
         self._settings = settings
+        self.gate = gate  # the account's rate limit; every request waits its turn there
         self._base = f"{settings.url.rstrip('/')}/api/{settings.api_version}/"
 
     async def send_call_event(self, event: dict[str, Any]) -> CrmAnswer:
@@ -43,6 +46,12 @@ class CrmClient:
     async def upload_calls(self, calls: list[dict[str, Any]]) -> CrmAnswer:
         """``telephony/calls/upload``: up to 50 history items."""
         return await self.post("telephony/calls/upload", {"calls": calls})
+
+    async def responsible_manager(self, phone: str, *, ignore_status: bool) -> CrmAnswer:
+        """``telephony/manager``: the customer's responsible manager (``manager`` absent when
+        retailCRM knows none). Booleans go as ``1``/``0``, as retailCRM reads them."""
+        return await self.get("telephony/manager", {"phone": phone, "details": 1,
+                                                    "ignoreStatus": int(ignore_status)})
 
     async def post(self, endpoint: str, fields: dict[str, Any]) -> CrmAnswer:
         """POST form fields (dicts and lists are sent as JSON text) to ``endpoint``."""
@@ -67,7 +76,16 @@ class CrmClient:
         return {"X-API-KEY": self._settings.api_key.reveal()}
 
     async def _send(self, request: dict[str, Any], send: Any) -> CrmAnswer:
+        try:
+            return await self._exchange(request, send)
+        except DeliveryError as exc:
+            exc.request = request  # the call's timeline shows what a failed attempt sent
+            raise
+
+    async def _exchange(self, request: dict[str, Any], send: Any) -> CrmAnswer:
         endpoint = request["endpoint"]
+        if self.gate is not None:
+            await self.gate.wait_turn(endpoint)
         try:
             response: httpx.Response = await send()
         except httpx.TimeoutException as exc:
@@ -80,6 +98,9 @@ class CrmClient:
         except ValueError:
             body = None
         status = response.status_code
+        if self.gate is not None:
+            self.gate.note_answer(throttled=status in (429, 503),
+                                  retry_after_seconds=_retry_after(response))
         if status == 429 or status >= 500:
             raise RetryableDelivery(
                 f"retailCRM {endpoint}: HTTP {status}",

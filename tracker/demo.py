@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from . import config, service
+from . import config, keys, service
 from .httpserve import serve_app
 from .simulators import CrmSimulator, UisSimulator
 from .simulators.scenarios import random_scenario
@@ -37,6 +37,8 @@ def demo_settings(listen: str, database: Path, uis_url: str, crm_url: str) -> co
         },
         "crm": {"url": crm_url, "api_key": "demo-crm-key", "client_id": "demo-client-id-0123456789"},
         "employees": [{"uis_id": u, "crm_user_id": c, "code": code} for u, _, c, code in _EMPLOYEES],
+        # The status page opens without a key from this machine; run_demo prints one for others.
+        "admin": {"allow_loopback_without_key": True},
     }, {})
 
 
@@ -63,7 +65,9 @@ async def run_demo(listen: str, calls_per_minute: float, database: str | None) -
             webhook = f"{url}/webhooks/uis/{settings.uis.webhook_secret.reveal()}"
             uis.webhook_url = webhook
             await nursery.start(uis.run)
+            _, key = keys.create(running.ctx.store, "demo", ["admin"])
             print(f"\ntracker demo is running\n  status page:  {url}/\n"
+                  f"  page key:     {key}  (needed only from another machine)\n"
                   f"  webhook:      {webhook}\n  UIS sim:      {uis_url}\n"
                   f"  retailCRM sim: {crm_url}\n  database:     {db_path}\n"
                   "Ctrl-C stops it.\n", flush=True)

@@ -5,6 +5,8 @@
     ├── StatechartError        a file in statecharts/ is invalid
     ├── RejectedNotification   a webhook body we cannot accept (the web layer answers 400)
     ├── StoreError             the database refused (integrity check, schema too new)
+    ├── ApiError               an admin API request refused (JSON-RPC code + mnemonic)
+    ├── KeyProblem             an API key cannot be created or revoked as asked
     └── DeliveryError          an upstream (retailCRM, UIS) call failed
         ├── RetryableDelivery  transport error, timeout, 5xx, 429, 503, UIS limit_exceeded
         └── PermanentDelivery  the upstream said no for good; kept as a dead letter
@@ -45,8 +47,29 @@ class StoreError(TrackerError):
     """The database cannot be used as it is."""
 
 
+class ApiError(TrackerError):
+    """An admin API refusal in the UIS Data API style: ``code`` is the JSON-RPC group,
+    ``mnemonic`` the reason, ``field`` a dot path into the request, ``value`` what was given."""
+
+    def __init__(self, code: int, mnemonic: str, message: str, *, field: str | None = None,
+                 value: object = None) -> None:
+        self.code = code
+        self.mnemonic = mnemonic
+        self.message = message
+        self.field = field
+        self.value = value
+        super().__init__(f"{mnemonic}: {message}")
+
+
+class KeyProblem(TrackerError):
+    """An API key cannot be created or revoked as asked (bad name, unknown right, no such key)."""
+
+
 class DeliveryError(TrackerError):
     """An upstream call failed; ``detail`` carries the upstream's own message when it had one."""
+
+    # What the failed attempt sent, set by the client: a dead letter's timeline shows it.
+    request: dict[str, object] | None = None
 
     def __init__(self, message: str, *, status: int | None = None, detail: str = "") -> None:
         self.status = status

@@ -18,6 +18,7 @@ from . import calls, events
 from .calls import Call
 from .commands import PRIORITY, payload
 from .errors import RejectedNotification
+from .logs import about_call
 from .statecharts import Chart
 from .store import Store
 
@@ -34,6 +35,8 @@ class Outcome:
     call_id: int | None = None
     state: str | None = None
     actions: int = 0
+    event: str | None = None  # the known event name (for metrics)
+    state_before: str | None = None
 
 
 def ingest(
@@ -72,7 +75,7 @@ def ingest(
         )
         if event_id is None:
             store.count_duplicate(notification.dedupe_key)
-            return Outcome("duplicate", notification.session_id)
+            return Outcome("duplicate", notification.session_id, event=notification.event)
         call = store.load_call(notification.session_id) or Call(id=notification.session_id)
         applied = calls.apply(chart, call, notification)
         call.updated_at = now
@@ -85,12 +88,14 @@ def ingest(
         for command in applied.commands:
             store.enqueue(call.id, command.kind, PRIORITY[command.kind], payload(command), now)
     if applied.state_before != applied.state_after:
-        log.info(
-            "call %s: %s -> %s on %s (%d actions)",
-            call.id, applied.state_before, applied.state_after, notification.event,
-            len(applied.commands),
-        )
-    return Outcome("accepted", call.id, call.state, len(applied.commands))
+        with about_call(call.id):
+            log.info(
+                "call %s: %s -> %s on %s (%d actions)",
+                call.id, applied.state_before, applied.state_after, notification.event,
+                len(applied.commands),
+            )
+    return Outcome("accepted", call.id, call.state, len(applied.commands),
+                   event=notification.event, state_before=applied.state_before)
 
 
 def _ignore(store: Store, fields: Mapping[str, Any], name: str, method: str, body: str,

@@ -7,8 +7,20 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 call_id_var: contextvars.ContextVar[int | None] = contextvars.ContextVar("call_id", default=None)
+
+
+@contextmanager
+def about_call(call_id: int | None) -> Iterator[None]:
+    """Tag every log line emitted inside the block with ``call_id``."""
+    token = call_id_var.set(call_id)
+    try:
+        yield
+    finally:
+        call_id_var.reset(token)
 
 
 class _CallIdFilter(logging.Filter):

@@ -4,6 +4,9 @@ Task tree (one trio nursery each):
 
     serve()
     ├── outbox.run()            workers: outside the HTTP nursery so requests drain first
+    ├── live.run()              the status page's change feed (closed first on shutdown)
+    ├── Sweeper.run()           stale calls settled from the Data API report
+    ├── Reconciler.run()        missed sessions created from the Data API report
     └── http
         ├── hypercorn serve     stops when the shutdown trigger returns
         └── signal watcher      SIGINT/SIGTERM -> draining (Connection: close) -> stop
@@ -20,7 +23,7 @@ from typing import Any
 import httpx
 import trio
 
-from . import statecharts
+from . import maintenance, outbound, requestlog, statecharts, throttle
 from .calls import Call
 from .config import Settings
 from .context import Context, Lifecycle
@@ -28,7 +31,10 @@ from .crm import CrmClient
 from .errors import StoreError
 from .httpserve import serve_app
 from .outbox import Outbox
+from .reconcile import Reconciler
+from .status_sync import StatusSync
 from .store import Store
+from .sweeper import Sweeper
 from .templates import EVENTS
 from .uis import UisClient
 
@@ -48,11 +54,15 @@ class Running:
 def open_store(settings: Settings) -> Store:
     """Open the database, check it, apply migrations. Raises ``StoreError`` with the reason."""
     store = Store(settings.database.path, synchronous=settings.database.synchronous)
+    maintenance.keep_private(settings.database.path)
     verdict = store.integrity_ok()
     if verdict != "ok":
         store.close()
-        raise StoreError(f"{settings.database.path}: integrity check failed: {verdict}")
+        raise StoreError(f"{settings.database.path}: integrity check failed, refusing to start: "
+                         f"{verdict[:500]}. Restore a backup (python run.py backup makes them) "
+                         "or move the file away to start afresh.")
     store.migrate()
+    store.sync_employees(settings.employees)  # the file seeds the live mapping (config wins)
     return store
 
 
@@ -70,20 +80,33 @@ async def serve(
     limits = httpx.Limits(max_connections=20, max_keepalive_connections=10)
     try:
         async with httpx.AsyncClient(limits=limits) as http:
-            crm = CrmClient(http, settings.crm)
-            uis = UisClient(http, settings.uis)
-            outbox = Outbox(store, settings, crm, uis)
+            crm = CrmClient(http, settings.crm, throttle.crm_gate(settings.ratelimit))
+            uis = UisClient(http, settings.uis, throttle.uis_gate(settings.ratelimit))
+            outbox = Outbox(store, settings, crm, uis)  # its Metrics are the daemon's
             ctx = Context(settings=settings, store=store, chart=chart, outbox=outbox, crm=crm,
+                          metrics=outbox.metrics,
                           uis=uis, lifecycle=Lifecycle(started_at=time.time()))
             from .web import create_app  # quart is heavy; import it only when serving
 
             app = create_app(ctx)
+            sync = StatusSync(ctx)  # registers its outbox kinds: before the outbox starts
+            outbound.install(ctx)
+            outbox.on_wake.append(ctx.live.poke)
             async with trio.open_nursery() as workers:
                 await workers.start(outbox.run)
+                await workers.start(maintenance.run_retention, store, settings.retention)
+                await workers.start(ctx.live.run)
+                await workers.start(Sweeper(ctx).run)
+                await workers.start(Reconciler.for_context(ctx).run)
+                await workers.start(requestlog.run_pruner, store,
+                                    settings.admin.request_log_retention_days)
+                if settings.status_sync.poll_seconds > 0:
+                    await workers.start(sync.run_poller)
 
                 async def shutdown_trigger() -> None:
                     await stop.wait()
                     ctx.lifecycle.draining = True
+                    ctx.live.close()  # open status pages' streams end now, not at the timeout
                     await trio.sleep(DRAIN_SECONDS)
 
                 async with trio.open_nursery() as http_tasks:
@@ -93,6 +116,8 @@ async def serve(
                     async def run_http(*, task_status: trio.TaskStatus[str]) -> None:
                         await serve_app(app, settings.server.listen,
                                         shutdown_trigger=shutdown_trigger,
+                                        keep_alive_timeout_seconds=min(
+                                            30.0, settings.server.request_timeout_seconds),
                                         task_status=task_status)
                         http_tasks.cancel_scope.cancel()
 

@@ -11,7 +11,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 import sqlite_utils
 
 from .calls import Call
+from .config import Employee
 from .errors import StoreError
 
 FINAL_STATES = ("ended", "lost")
@@ -129,19 +130,122 @@ def _migration_1(db: sqlite_utils.Database) -> None:
 
 
 def _migration_2(db: sqlite_utils.Database) -> None:
-    """Issue 3: click-to-call and employee status sync (filled in by that work)."""
+    """Issue 3: click-to-call journal, employee status journal and what each side last showed."""
+    # Every make-call request that passed the clientId check. It is also the double-click
+    # guard: a click row younger than click.dedupe_seconds for the same employee and number.
+    db["clicks"].create(
+        {
+            "id": int,
+            "at": float,
+            "crm_user_id": int,
+            "code": str,
+            "uis_id": int,
+            "phone": str,  # as retailCRM sent it
+            "contact": str,  # normalised digits dialled
+            "virtual_phone": str,
+            "external_id": str,  # sent to start.employee_call; UIS echoes it in notifications
+            "outcome": str,  # pending | started | duplicate | timeout | an error mnemonic
+            "message": str,
+            "call_session_id": int,
+            "duplicate_of": int,
+            "duration_ms": float,
+        },
+        pk="id",
+    )
+    db["clicks"].create_index(["uis_id", "contact", "at"])
+    db["clicks"].create_index(["external_id"])
+    # Every status change in either direction, with the outbox row that carries it.
+    db["status_changes"].create(
+        {
+            "id": int,
+            "at": float,
+            "direction": str,  # "crm_to_uis" | "uis_to_crm"
+            "uis_id": int,
+            "crm_user_id": int,
+            "crm_status": str,
+            "uis_state": str,
+            "outcome": str,  # queued | echo | baseline | in_sync
+            "outbox_id": int,
+        },
+        pk="id",
+    )
+    db["status_changes"].create_index(["uis_id", "id"])
+    # What each side last showed for an employee, and who made it so: the echo guard.
+    db["employee_presence"].create(
+        {
+            "uis_id": int,
+            "crm_user_id": int,
+            "crm_status": str,
+            "crm_by": str,  # "crm" (a user changed it) | "tracker" (we pushed it)
+            "crm_at": float,
+            "uis_state": str,
+            "uis_by": str,  # "uis" (seen by polling) | "tracker" (we set it)
+            "uis_at": float,
+        },
+        pk="uis_id",
+    )
 
 
 def _migration_3(db: sqlite_utils.Database) -> None:
-    """Issue 4: API keys and the admin API (filled in by that work)."""
+    """Issue 4: API keys, and the employee mapping as live data (seeded from [[employees]])."""
+    db["api_keys"].create(
+        {
+            "id": int,
+            "name": str,
+            "rights": str,  # JSON array
+            "token_hash": str,  # sha256 of the key; the key itself is never stored
+            "hint": str,  # the key's first characters, to tell keys apart in `keys list`
+            "created_at": float,
+            "last_used_at": float,
+            "revoked_at": float,
+        },
+        pk="id",
+        not_null={"name", "rights", "token_hash", "created_at"},
+    )
+    db.execute("CREATE UNIQUE INDEX api_keys_token_hash ON api_keys(token_hash)")
+    db.execute("CREATE UNIQUE INDEX api_keys_active_name ON api_keys(name)"
+               " WHERE revoked_at IS NULL")
+    db["employees"].create(
+        {
+            "id": int,  # the UIS employee id
+            "crm_user_id": int,
+            "code": str,
+            "phone": str,
+            "full_name": str,
+            "tags": str,  # JSON array
+            "updated_at": float,
+        },
+        pk="id",
+        not_null={"crm_user_id", "code"},
+    )
+    db["employees"].create_index(["code"])
+    db["employees"].create_index(["crm_user_id"])
+    db["api_requests"].create_index(["key_name", "at"])
 
 
 def _migration_4(db: sqlite_utils.Database) -> None:
     """Issue 5: sweeper, reconciliation, hardening (filled in by that work)."""
+    # sweeper/reconcile
+    # Why a call ended without its own end notification (sweeper, backfill), for the operator.
+    db["calls"].add_column("end_reason", str)
+    # The sweeper's bookkeeping: Data API lookups that did not find the session, when to look
+    # again, and what the last lookup said (shown on the call's timeline).
+    db["calls"].add_column("sweep_attempts", int, not_null_default=0)
+    db["calls"].add_column("sweep_next_at", float)
+    db["calls"].add_column("sweep_note", str)
+    # outbox/hardening
+    # Journal retention (tracker/maintenance.py) deletes old rows oldest first, in batches.
+    db["events"].create_index(["received_at"])
+    db["outbox"].create_index(["status", "updated_at"])
+    # When a pop-up's request last left for retailCRM: set before it goes, cleared by an answer
+    # saying nothing was done (429, 503). On a pending row it means the last attempt may have
+    # shown the card (a crash or a lost answer): the outbox then keeps the card for the hangup.
+    db["outbox"].add_column("sent_at", float)
 
 
 def _migration_5(db: sqlite_utils.Database) -> None:
-    """Issue 7: responsible-manager routing (filled in by that work)."""
+    """Issue 7: responsible-manager routing. No schema of its own: each decision is an
+    ``events`` row (event ``route``) on its call, and the answer cache lives in memory."""
 
 
 MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5]
@@ -187,9 +291,12 @@ class Store:
         return len(MIGRATIONS)
 
     def integrity_ok(self) -> str:
-        """``"ok"`` or SQLite's description of what is broken."""
+        """``"ok"`` or SQLite's description of what is broken. The full ``integrity_check``, not
+        ``quick_check``: only it sees an index that disagrees with its table, the kind of damage
+        that makes de-duplication and lane order silently wrong. Retention keeps the file small
+        enough for it to take well under a second."""
         try:
-            rows = self.conn.execute("PRAGMA quick_check").fetchall()
+            rows = self.conn.execute("PRAGMA integrity_check").fetchall()
         except sqlite3.DatabaseError as exc:
             return str(exc)
         return "; ".join(str(r[0]) for r in rows)
@@ -383,6 +490,11 @@ class Store:
         values.append(row_id)
         self.conn.execute(f"UPDATE outbox SET {', '.join(sets)} WHERE id = ?", values)
 
+    def set_sent_at(self, row_id: int, at: float | None) -> None:
+        """Mark (or clear, with None) an outbox row's request as sent without a known outcome."""
+        self.conn.execute("UPDATE outbox SET sent_at = ? WHERE id = ? AND sent_at IS NOT ?",
+                          (at, row_id, at))
+
     def reschedule_outbox(self, row_id: int, next_at: float, now: float, *, count_attempt: bool,
                           **extra: Any) -> None:
         sets = ["next_at = ?", "updated_at = ?"]
@@ -418,6 +530,44 @@ class Store:
         counts["retrying"] = retrying
         return counts
 
+    def enqueue_latest(self, kind: str, priority: int, payload: dict[str, Any], now: float, *,
+                       lane: str) -> tuple[int, list[int]]:
+        """Enqueue where only the newest change matters (an employee's status): older pending
+        rows of ``kind`` on ``lane`` become ``superseded``. The new row keeps their retry time,
+        so a backoff the upstream asked for still holds. Returns (new id, superseded ids)."""
+        rows = self.conn.execute(
+            "SELECT id, next_at FROM outbox WHERE lane = ? AND kind = ? AND status = 'pending'",
+            (lane, kind),
+        ).fetchall()
+        row_id = self.enqueue(None, kind, priority, payload, now, lane=lane)
+        older = [r["id"] for r in rows]
+        if older:
+            marks = ", ".join("?" for _ in older)
+            self.conn.execute(
+                f"UPDATE outbox SET status = 'superseded', updated_at = ?, last_error = ?"
+                f" WHERE id IN ({marks})", (now, f"superseded by #{row_id}", *older))
+            next_at = max([now, *(r["next_at"] for r in rows)])
+            self.conn.execute("UPDATE outbox SET next_at = ? WHERE id = ?", (next_at, row_id))
+        return row_id, older
+
+    def lane_busy(self, lane: str) -> bool:
+        """True while ``lane`` has a row waiting for delivery (or being delivered)."""
+        return self.conn.execute(
+            "SELECT 1 FROM outbox WHERE lane = ? AND status = 'pending' LIMIT 1", (lane,)
+        ).fetchone() is not None
+
+    def requeue_dead(self, row_ids: Iterable[int], now: float) -> list[int]:
+        """Make these dead letters pending again, due now (the status page's and the admin
+        API's retry); returns the ids that were dead. The caller wakes the outbox."""
+        requeued = []
+        for row_id in row_ids:
+            cursor = self.conn.execute(
+                "UPDATE outbox SET status = 'pending', next_at = ?, updated_at = ?"
+                " WHERE id = ? AND status = 'dead'", (now, now, row_id))
+            if cursor.rowcount:
+                requeued.append(row_id)
+        return requeued
+
     def dead_letters(self, limit: int = 50) -> list[dict[str, Any]]:
         rows = self.conn.execute(
             "SELECT * FROM outbox WHERE status = 'dead' ORDER BY id DESC LIMIT ?", (limit,)
@@ -437,6 +587,73 @@ class Store:
              json.dumps(params, ensure_ascii=False, default=str), outcome, status, duration_ms),
         )
 
+    # -- employees: the live mapping --------------------------------------------------------
+
+    def sync_employees(self, employees: Iterable[Employee], now: float | None = None) -> None:
+        """Make the table hold exactly the configured employees (called at start-up).
+
+        The file wins for ``crm_user_id``, ``code`` and ``phone`` (an edit made through the
+        admin API lasts until the next start unless the file says the same); ``full_name`` and
+        ``tags``, which only the admin API sets, are kept.
+        """
+        now = time.time() if now is None else now
+        wanted = {e.uis_id: e for e in employees}
+        with self.transaction():
+            known = [r[0] for r in self.conn.execute("SELECT id FROM employees")]
+            for uis_id in known:
+                if uis_id not in wanted:
+                    self.conn.execute("DELETE FROM employees WHERE id = ?", (uis_id,))
+            for e in wanted.values():
+                self.conn.execute(
+                    "INSERT INTO employees (id, crm_user_id, code, phone, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET"
+                    " crm_user_id = excluded.crm_user_id, code = excluded.code,"
+                    " phone = excluded.phone, updated_at = excluded.updated_at"
+                    " WHERE crm_user_id IS NOT excluded.crm_user_id OR code IS NOT excluded.code"
+                    " OR phone IS NOT excluded.phone",
+                    (e.uis_id, e.crm_user_id, e.code, e.phone, now),
+                )
+
+    def employee_by_uis_id(self, uis_id: int | None) -> Employee | None:
+        """The mapping for a UIS employee id, or None when it is not mapped (same contract as
+        ``Settings.employee_by_uis_id``, but live: edits through the admin API apply at once)."""
+        if uis_id is None:
+            return None
+        return self._employee("id = ?", uis_id)
+
+    def employee_by_code(self, code: str | None) -> Employee | None:
+        """The employee with this retailCRM extension code, or None."""
+        return None if not code else self._employee("code = ?", code)
+
+    def employee_by_crm_user_id(self, crm_user_id: int | None) -> Employee | None:
+        """The employee mapped to this retailCRM user (the lowest UIS id if several), or None."""
+        return None if crm_user_id is None else self._employee("crm_user_id = ?", crm_user_id)
+
+    def all_employees(self) -> tuple[Employee, ...]:
+        rows = self.conn.execute("SELECT id, crm_user_id, code, phone FROM employees ORDER BY id")
+        return tuple(_employee_of(r) for r in rows)
+
+    def update_employee(self, uis_id: int, changes: Mapping[str, Any], now: float) -> bool:
+        """Set only the given columns (``crm_user_id``, ``code``, ``phone``, ``full_name``,
+        ``tags`` as JSON text); False when there is no such employee."""
+        columns = [c for c in changes if c in _EMPLOYEE_COLUMNS]
+        assert len(columns) == len(changes), f"not employee columns: {set(changes) - set(columns)}"
+        sets = ", ".join(f"{c} = ?" for c in columns)
+        cursor = self.conn.execute(
+            f"UPDATE employees SET {sets}, updated_at = ? WHERE id = ?",
+            (*(changes[c] for c in columns), now, uis_id),
+        )
+        return cursor.rowcount == 1
+
+    def _employee(self, where: str, value: Any) -> Employee | None:
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:
+            return None  # no such id, and SQLite could not even bind it
+        row = self.conn.execute(
+            f"SELECT id, crm_user_id, code, phone FROM employees WHERE {where} ORDER BY id LIMIT 1",
+            (value,),
+        ).fetchone()
+        return None if row is None else _employee_of(row)
+
     # -- warnings -----------------------------------------------------------------------------
 
     def warn(self, kind: str, subject: str, message: str, now: float | None = None) -> None:
@@ -452,3 +669,10 @@ class Store:
     def warnings(self) -> list[dict[str, Any]]:
         rows = self.conn.execute("SELECT * FROM warnings ORDER BY last_at DESC").fetchall()
         return [dict(r) for r in rows]
+
+
+_EMPLOYEE_COLUMNS = ("crm_user_id", "code", "phone", "full_name", "tags")
+
+
+def _employee_of(row: sqlite3.Row) -> Employee:
+    return Employee(uis_id=row[0], crm_user_id=row[1], code=row[2], phone=row[3] or "")

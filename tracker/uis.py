@@ -17,6 +17,8 @@ import httpx
 from .actions import record_url, uis_date
 from .config import UisSettings
 from .errors import PermanentDelivery, RetryableDelivery
+from .ratelimit import limit_exceeded_wait
+from .throttle import Gate
 
 _RETRYABLE_CODES = {-32029, -32603}
 
@@ -41,11 +43,13 @@ class UisError(PermanentDelivery):
 class UisClient:
     """Typed calls to the UIS Data API and Call API."""
 
-    def __init__(self, http: httpx.AsyncClient, settings: UisSettings) -> None:
+    def __init__(self, http: httpx.AsyncClient, settings: UisSettings,
+                 gate: Gate | None = None) -> None:
         self._http = http
         self._settings = settings
         self._ids = itertools.count(1)
         self.last_limits: dict[str, Any] = {}
+        self.gate = gate  # the minute/day budgets; every call waits its turn there
 
     async def data(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         """Call a Data API method; returns its ``result``."""
@@ -98,12 +102,16 @@ class UisClient:
             "method": method,
             "params": {"access_token": self._settings.access_token.reveal(), **params},
         }
+        if self.gate is not None:
+            await self.gate.wait_turn(method)
         try:
             response = await self._http.post(url, json=body, timeout=self._settings.timeout_seconds)
         except httpx.TimeoutException as exc:
             raise RetryableDelivery(f"UIS {method}: timed out") from exc
         except httpx.HTTPError as exc:
             raise RetryableDelivery(f"UIS {method}: {type(exc).__name__}: {exc}") from exc
+        if self.gate is not None and response.status_code in (429, 503):
+            self.gate.note_answer(throttled=True)
         if response.status_code == 429 or response.status_code >= 500:
             raise RetryableDelivery(f"UIS {method}: HTTP {response.status_code}",
                                     status=response.status_code, detail=response.text[:300])
@@ -123,8 +131,10 @@ class UisClient:
             code = error.get("code")
             message = f"UIS {method}: {mnemonic}: {error.get('message', '')}".strip()
             if code in _RETRYABLE_CODES:
-                raise RetryableDelivery(message, detail=mnemonic,
-                                        retry_after_seconds=60.0 if code == -32029 else None)
+                wait = limit_exceeded_wait(self.last_limits) if code == -32029 else None
+                if self.gate is not None and code == -32029:
+                    self.gate.note_answer(throttled=True, retry_after_seconds=wait)
+                raise RetryableDelivery(message, detail=mnemonic, retry_after_seconds=wait)
             raise UisError(message, mnemonic=mnemonic, code=code if isinstance(code, int) else None)
         result = answer.get("result")
         if not isinstance(result, dict):
@@ -132,4 +142,6 @@ class UisClient:
         limits = (result.get("metadata") or {}).get("limits")
         if isinstance(limits, dict):
             self.last_limits = limits
+            if self.gate is not None:
+                self.gate.note_answer(throttled=False, limits=limits)
         return result

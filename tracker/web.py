@@ -14,7 +14,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from . import ingest, page, routing
+from . import api, clicktocall, guard, ingest, metrics, page, routing, status_sync, throttle
 from .context import Context
 from .errors import RejectedNotification
 
@@ -74,10 +74,17 @@ def decode_body(raw: bytes) -> dict[str, Any]:
                                    f"column {exc.colno}") from None
     except RecursionError:
         raise RejectedNotification("body is nested too deeply") from None
+    except ValueError as exc:  # CPython refuses integers of over 4300 digits
+        raise RejectedNotification(f"body is not usable JSON: {str(exc)[:120]}") from None
     if not isinstance(data, dict):
         raise RejectedNotification(f"body must be a JSON object, got {type(data).__name__}")
     if _depth(data) > _MAX_DEPTH:
         raise RejectedNotification("body is nested too deeply")
+    try:  # "\ud800" is valid JSON but no text: SQLite (and retailCRM) could not store it
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise RejectedNotification("body holds a lone surrogate escape (\\ud800-\\udfff)"
+                                   ) from None
     return data
 
 
@@ -87,6 +94,7 @@ def create_app(ctx: Context) -> QuartTrio:
     app.config["MAX_CONTENT_LENGTH"] = ctx.settings.server.max_body_bytes
     app.config["BODY_TIMEOUT"] = 30
     app.config["RESPONSE_TIMEOUT"] = 30
+    guard.register(app, ctx)  # size and time limits from the settings, sender allow-list
     secret = ctx.settings.uis.webhook_secret.reveal().encode()
 
     @app.errorhandler(Exception)
@@ -119,9 +127,10 @@ def create_app(ctx: Context) -> QuartTrio:
         if not hmac.compare_digest(given.encode(), secret):
             return _error(404, "not_found", "no such page")
         method = request.method
+        fields: dict[str, Any] = {}
         try:
             if method == "GET":
-                fields: dict[str, Any] = {k: v for k, v in request.args.items()}
+                fields = {k: v for k, v in request.args.items()}
             else:
                 raw = await request.get_data(cache=False)
                 try:
@@ -136,12 +145,17 @@ def create_app(ctx: Context) -> QuartTrio:
             outcome = ingest.ingest(ctx.store, ctx.chart, ctx.tz, fields, method=method)
         except RejectedNotification as exc:
             log.warning("rejected a notification: %s", exc)
+            ctx.metrics.observe_notification(fields.get("event"), "rejected")
             return _error(400, "invalid_notification", exc.message, exc.field)
         except sqlite3.Error as exc:
             log.exception("could not store a notification")
             return _error(503, "storage_unavailable", f"the notification was not stored: {exc}")
+        ctx.metrics.observe_notification(outcome.event, outcome.status, outcome.state_before,
+                                         outcome.state)
         if outcome.actions:
-            ctx.outbox.wake()
+            ctx.outbox.wake()  # its listeners include the status page's live feed
+        else:
+            ctx.live.poke()  # a change without actions is still news for the status page
         body: dict[str, Any] = {"status": outcome.status}
         if outcome.call_id is not None:
             body["call_session_id"] = outcome.call_id
@@ -150,6 +164,10 @@ def create_app(ctx: Context) -> QuartTrio:
         return _json(body)
 
     routing.register(app, ctx)
+    clicktocall.register(app, ctx)
+    status_sync.register(app, ctx)
+    api.register(app, ctx)
+    metrics.register(app, ctx)
 
     @app.route("/static/logo.svg")
     async def logo() -> Response:
@@ -177,23 +195,11 @@ def create_app(ctx: Context) -> QuartTrio:
                 "consecutive_failures": stats.consecutive_failures,
                 "last_error": stats.last_error,
             },
+            "rate_limits": throttle.describe(ctx.crm.gate, ctx.uis.gate),
         }
         return _json(body, 503 if problems else 200)
 
-    @app.route("/")
-    async def status_page() -> Response:
-        return Response(page.render_status(ctx), content_type="text/html; charset=utf-8")
-
-    @app.route("/calls/<int:call_id>")
-    async def call_timeline(call_id: int) -> Response:
-        call = ctx.store.call_row(call_id)
-        if call is None:
-            return _error(404, "not_found", f"no call {call_id}")
-        if request.args.get("format") == "json" or request.accept_mimetypes.best == "application/json":
-            return _json({"call": call, "events": ctx.store.events_for(call_id),
-                          "outbox": ctx.store.outbox_for(call_id)})
-        return Response(page.render_call(ctx, call_id), content_type="text/html; charset=utf-8")
-
+    page.register(app, ctx)  # GET /, /calls/<id>, /live, /login, retry of dead letters
     return app
 
 

@@ -5,16 +5,24 @@ Routes under ``/api/v5/`` and ``/api/v4/`` (``*`` = both versions):
 - ``POST */telephony/call/event`` (form ``event``), ``POST */telephony/calls/upload`` (``calls``)
 - ``POST v5/integration-modules/{code}/edit`` (``integrationModule``), ``GET`` the same without
   ``/edit``; ``POST v4/telephony/setting/{code}/edit`` (``configuration``), ``GET`` likewise
-- ``POST v5/users/{id}/status`` (``status``), ``GET */telephony/manager?phone=``
+- ``POST v5/users/{id}/status`` (``status``), ``GET */users/{id}`` (404 for an id outside
+  ``known_user_ids``), ``GET */telephony/manager?phone=``
 
 Checks, in order: fault (``fault`` or ``fail_next``), rate limit (503), route (404 ``API method
 not found``), key (401 ``"apiKey" is missing.``, 403 ``Wrong "apiKey" value.``), body shape (400
 ``Errors in the entity format`` with ``errors``: a JSON body, a missing field, a field that is
 not JSON of the right type, an invalid value). A whole upload is refused if one item is invalid.
 
-``telephony/manager`` for an unknown phone answers ``{"success": true}`` without ``manager``.
+``telephony/manager`` for an unknown phone answers ``{"success": true}`` without ``manager``; so
+does it for a manager whose ``user_statuses`` entry is not ``free`` unless ``ignoreStatus=1`` (the
+likely reading of ``ignoreStatus``; unconfirmed).
 Every request is recorded in ``requests`` with the status answered, rejected ones included; a
 request held by the ``"hang"`` fault is recorded once it is answered (``hanging`` counts them).
+
+Two faults act after the work is done: ``answer_delay_seconds`` holds every answer that long
+after recording it (retailCRM stored the call, the answer is slow or never arrives), and upload
+items whose ``externalId`` is in ``ignore_external_ids`` are silently skipped (neither counted in
+``processedCallsCount`` nor reported as duplicates).
 """
 
 from __future__ import annotations
@@ -103,6 +111,8 @@ class CrmSimulator:
         self.user_statuses: dict[int, str] = {}
         self.managers: dict[str, dict[str, Any]] = {}  # "+79991234567" -> manager object
         self.hanging = 0
+        self.answer_delay_seconds = 0.0
+        self.ignore_external_ids: set[str] = set()
         self.changes = Changes()
         self._fault: str | None = None
         self._next_faults: list[str] = []
@@ -120,6 +130,7 @@ class CrmSimulator:
             ("GET", re.compile(r"telephony/setting/(?P<code>[^/]+)"), ("v4",),
              self._setting_get),
             ("POST", re.compile(r"users/(?P<user_id>\d+)/status"), ("v5",), self._user_status),
+            ("GET", re.compile(r"users/(?P<user_id>\d+)"), ("v4", "v5"), self._user_get),
             ("GET", re.compile(r"telephony/manager"), ("v4", "v5"), self._manager),
         ]
         self.app = self._build_app()
@@ -191,6 +202,8 @@ class CrmSimulator:
         self.requests.append(CrmRequest(request.method, "/" + path, version, endpoint, api_key,
                                         form, query, data, status))
         self.changes.poke()
+        if self.answer_delay_seconds:
+            await trio.sleep(self.answer_delay_seconds)
         if isinstance(body, str):
             return Response(body, status=status, headers=headers, content_type="text/html")
         return Response(json.dumps(body, ensure_ascii=False), status=status, headers=headers,
@@ -305,6 +318,8 @@ class CrmSimulator:
         duplicates, processed = [], 0
         for item in calls:
             external_id = None if item.get("externalId") is None else str(item["externalId"])
+            if external_id in self.ignore_external_ids:
+                continue
             if external_id is not None and external_id in self.uploaded:
                 duplicates.append(external_id)
                 continue
@@ -365,12 +380,23 @@ class CrmSimulator:
         self.user_statuses[int(user_id)] = status
         return 200, {"success": True}
 
+    def _user_get(self, form: dict[str, str], query: dict[str, str], data: dict[str, Any],
+                  user_id: str) -> Answer:
+        uid = int(user_id)
+        if self.known_user_ids is not None and uid not in self.known_user_ids:
+            raise CrmError(404, "Not found")
+        return 200, {"success": True, "user": {"id": uid, "active": True,
+                                               "status": self.user_statuses.get(uid, "free")}}
+
     def _manager(self, form: dict[str, str], query: dict[str, str],
                  data: dict[str, Any]) -> Answer:
         digits = "".join(c for c in query.get("phone", "") if c.isdigit())
         if not digits:
             raise _invalid({"phone": "Parameter 'phone' is missing"})
         manager = self.managers.get("+" + digits)
+        if manager is not None and query.get("ignoreStatus") not in ("1", "true") \
+                and self.user_statuses.get(manager.get("id"), "free") != "free":
+            manager = None  # retailCRM names a manager who is not free only with ignoreStatus=1
         return 200, {"success": True} if manager is None else {"success": True, "manager": manager}
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, fields
@@ -85,6 +86,7 @@ class UisSimulator:
         self.zone = ZoneInfo(timezone)
         self.media_url = media_url
         self.minute_limit, self.day_limit, self.app_id = minute_limit, day_limit, app_id
+        self.minute_seconds = 60.0  # how long a budget minute lasts (tests shorten it)
         self.employees: dict[int, dict[str, Any]] = {}
         for entry in DEFAULT_EMPLOYEES if employees is None else employees:
             employee = _employee(entry)
@@ -99,6 +101,7 @@ class UisSimulator:
         self.webhook_url: str | None = None
         self.autoplay_outbound = True
         self.outbound_answered = True
+        self.outbound_finish_reason: str | None = None  # overrides the report's, e.g. "busy"
         self.autoplay_gap_seconds = 0.01
         self.changes = Changes()
         self._records_ready_at: dict[int, float] = {}
@@ -294,7 +297,7 @@ class UisSimulator:
 
     def _spend(self) -> dict[str, int]:
         now = time.monotonic()
-        if now - self._minute_start >= 60:
+        if now - self._minute_start >= self.minute_seconds:
             self._minute_start, self._minute_used = now, 0
         if self._minute_used >= self.minute_limit or self._day_used >= self.day_limit:
             raise RpcError(-32029, "limit_exceeded")
@@ -306,7 +309,7 @@ class UisSimulator:
                 "day_reset": int((midnight - local).total_seconds()),
                 "minute_limit": self.minute_limit,
                 "minute_remaining": self.minute_limit - self._minute_used,
-                "minute_reset": max(0, int(60 - (now - self._minute_start)))}
+                "minute_reset": max(0, math.ceil(self.minute_seconds - (now - self._minute_start)))}
 
     # -- Data API --------------------------------------------------------------------------
 
@@ -404,6 +407,8 @@ class UisSimulator:
             answered=self.outbound_answered, external_id=params.get("external_id"),
             contact=contact, virtual=virtual, direction=params.get("direction", "in"),
             media_url=self.media_url)
+        if self.outbound_finish_reason is not None:
+            scenario.report["finish_reason"] = self.outbound_finish_reason
         autoplay = self._autoplay if self.webhook_url and self.autoplay_outbound else None
         self.register(scenario, finished=autoplay is None)
         if autoplay is not None:

@@ -1,0 +1,289 @@
+"""The status page in a real browser: Debian's chromium driven by Playwright, the daemon a real
+process (``run.py serve``) against the simulators.
+
+Playwright's sync API runs the whole browser session in one worker thread (its objects belong
+to the thread that made them); the session reaches back into trio with ``trio.from_thread.run``
+to send notifications and inspect the simulators. Playwright cannot download a browser here, so
+``/usr/bin/chromium`` must exist (``.ci/run`` installs it): its absence fails, never skips.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import trio
+from playwright.sync_api import expect, sync_playwright
+
+from tests.support import ANNA, CLIENT_ID, CRM_KEY, MAPPING, SECRET, UIS_TOKEN, Sims, open_sims
+from tracker import keys
+from tracker.simulators import scenarios
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ANSWERED, LOST = 998677001, 998677002
+T = TypeVar("T")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _write_config(path: Path, port: int, db: Path, sims: Sims) -> None:
+    employees = "".join(f"\n[[employees]]\nuis_id = {u}\ncrm_user_id = {c}\ncode = \"{code}\"\n"
+                        for u, (c, code) in MAPPING.items())
+    path.write_text(f"""
+[server]
+listen = "127.0.0.1:{port}"
+public_url = "http://tracker.test"
+
+[database]
+path = "{db}"
+
+[uis]
+webhook_secret = "{SECRET}"
+access_token = "{UIS_TOKEN}"
+data_api_url = "{sims.uis_url}/dataapi/v2.0"
+call_api_url = "{sims.uis_url}/callapi/v4.0"
+record_wait_seconds = 2
+
+[crm]
+url = "{sims.crm_url}"
+api_key = "{CRM_KEY}"
+client_id = "{CLIENT_ID}"
+
+[outbox]
+retry_base_seconds = 0.05
+retry_max_seconds = 0.5
+{employees}""", encoding="utf-8")
+
+
+async def _create_key(config: Path) -> str:
+    """A key for the page, made with the real ``keys create`` command (printed once)."""
+    done = await trio.run_process(
+        [sys.executable, "run.py", "keys", "create", "--name", "browser-test",
+         "--rights", "calls:read,outbox:write", "--config", str(config)],
+        cwd=ROOT, capture_stdout=True, capture_stderr=True)
+    token = done.stdout.decode().strip()
+    assert token.startswith(keys.PREFIX), done.stderr.decode()
+    return token
+
+
+async def _wait_healthy(client: httpx.AsyncClient, url: str) -> None:
+    while True:
+        try:
+            if (await client.get(f"{url}/healthz")).status_code in (200, 503):
+                return
+        except httpx.TransportError:
+            pass
+        await trio.sleep(0.05)
+
+
+class Bridge:
+    """What the browser thread may do on the trio side."""
+
+    def __init__(self, sims: Sims, client: httpx.AsyncClient, url: str) -> None:
+        self.sims, self.client, self.url = sims, client, url
+
+    def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        return trio.from_thread.run(fn, *args)
+
+    def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        return trio.from_thread.run_sync(fn, *args)
+
+    def set_crm_key(self, key: str) -> None:
+        self.run_sync(setattr, self.sims.crm, "api_key", key)
+
+    def send(self, notification: scenarios.Notification) -> dict[str, Any]:
+        response = self.run(self.sims.uis.send_notification, notification,
+                            f"{self.url}/webhooks/uis/{SECRET}", self.client)
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+
+def _browser_session(bridge: Bridge, token: str, process_pid: int) -> dict[str, Any]:
+    """The whole scenario in the browser; returns what the trio side checks afterwards."""
+    seen: dict[str, Any] = {}
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+                                             headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(10_000)
+            errors: list[str] = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+
+            # Log in: the page sends us to the form first.
+            page.goto(bridge.url + "/")
+            expect(page).to_have_url(bridge.url + "/login?next=%2F")
+            page.fill("input[name=key]", token)
+            page.click("button[type=submit]")
+            expect(page).to_have_url(bridge.url + "/")
+            expect(page.locator("#live-status")).to_have_text("live")
+            page.evaluate("window.__sameDocument = 'still here'")  # gone if the page reloads
+
+            # Place a call; each notification moves it on the open page, without a reload.
+            scenario = scenarios.answered(ANSWERED, start=bridge.sims.uis.now(), employee=ANNA,
+                                          wait_seconds=7, talk_seconds=95)
+            bridge.run_sync(lambda: bridge.sims.uis.register(scenario, finished=False))
+            seen["notifications"] = len(scenario.notifications)
+            seen["states"] = states = []
+            for notification in scenario.notifications:
+                if notification.event == "call_finished":
+                    bridge.run_sync(bridge.sims.uis.mark_finished, ANSWERED)
+                state = bridge.send(notification)["state"]
+                if state in ("ended", "lost"):
+                    row = page.locator(f'[data-part="recent"] tr[data-call="{ANSWERED}"] .badge')
+                    expect(row).to_have_text(state)
+                    expect(page.locator(f'[data-part="board"] [data-call="{ANSWERED}"]')) \
+                        .to_have_count(0)
+                else:
+                    card = page.locator(f'[data-part="board"] [data-state="{state}"] '
+                                        f'[data-call="{ANSWERED}"]')
+                    expect(card).to_be_visible()
+                    expect(card).to_contain_text("79991234567")
+                if not states or states[-1] != state:
+                    states.append(state)
+            seen["same_document"] = page.evaluate("window.__sameDocument")
+            seen["updates"] = int(page.evaluate("document.body.dataset.updates || '0'"))
+
+            # A permanent refusal (the retailCRM key was rotated) makes a dead letter.
+            bridge.set_crm_key("rotated-key")
+            for notification in scenarios.lost_in_ivr(LOST, start=bridge.sims.uis.now(),
+                                                       wait_seconds=12).notifications:
+                bridge.send(notification)
+            dead_row = page.locator('[data-part="outbox"] table.dead-letters tr',
+                                    has_text=str(LOST))
+            expect(dead_row).to_be_visible()
+            expect(dead_row).to_contain_text("Wrong")
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "status-page.png"), full_page=True)
+
+            # Its timeline shows the notification, the transition and the refused request.
+            page.click(f'[data-part="recent"] a[href="/calls/{LOST}"]')
+            expect(page).to_have_url(f"{bridge.url}/calls/{LOST}")
+            action = page.locator("li.action", has_text="upload")
+            expect(action.locator(".badge")).to_have_text("dead")
+            action.locator("summary", has_text="request sent").click()
+            expect(action.locator("pre").first).to_contain_text("telephony/calls/upload")
+            expect(page.locator("li.note", has_text="lost_call")).to_contain_text("ringing")
+            page.screenshot(path=str(ARTIFACTS / "call-timeline.png"), full_page=True)
+
+            # The operator fixes the key and retries from the timeline; it updates by itself.
+            bridge.set_crm_key(CRM_KEY)
+            action.locator("button.retry").click()
+            expect(action.locator(".badge")).to_have_text("delivered")
+            page.goto(bridge.url + "/")
+            expect(page.locator('[data-part="outbox"]')).to_contain_text("No dead letters.")
+
+            # The answered call's timeline: every notification and every action with its answer.
+            page.goto(f"{bridge.url}/calls/{ANSWERED}")
+            seen["timeline_notes"] = page.locator("li.note").count()
+            seen["timeline_actions"] = page.locator("li.action").evaluate_all(
+                "items => items.map(li => [li.querySelector('strong').textContent,"
+                " li.querySelector('.badge').textContent])")
+
+            # A phone-sized screen gets the same page, readable.
+            phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True,
+                                     has_touch=True, device_scale_factor=2)
+            phone.context.add_cookies([{"name": "tracker_key", "value": token,
+                                        "url": bridge.url}])
+            phone.goto(bridge.url + "/")
+            expect(phone.locator("#live-status")).to_have_text("live")
+            seen["phone_overflow"] = phone.evaluate(
+                "document.documentElement.scrollWidth - document.documentElement.clientWidth")
+            phone.screenshot(path=str(ARTIFACTS / "status-page-phone.png"), full_page=True)
+            phone.close()
+
+            # SIGTERM with the page's stream open: the daemon still stops at once.
+            page.goto(bridge.url + "/")
+            expect(page.locator("#live-status")).to_have_text("live")
+            seen["console_errors"] = list(errors)  # the reconnects after SIGTERM will fail
+            sent_at = time.monotonic()
+            os.kill(process_pid, signal.SIGTERM)
+            seen["sigterm_at"] = sent_at
+            expect(page.locator("#live-status")).not_to_have_text("live")
+        finally:
+            browser.close()
+    return seen
+
+
+async def test_status_page_in_chromium_follows_a_call_and_retries_a_dead_letter(tmp_path):
+    assert await trio.Path(CHROMIUM).exists(), (
+        f"{CHROMIUM} is missing: `apt-get install -y chromium` (.ci/run does it)")
+    with trio.fail_after(120):
+        async with open_sims() as sims:
+            port = _free_port()
+            db = tmp_path / "tracker.db"
+            config = tmp_path / "tracker.toml"
+            _write_config(config, port, db, sims)
+            token = await _create_key(config)
+            url = f"http://127.0.0.1:{port}"
+            log_path = tmp_path / "daemon.log"
+            daemon_log = os.open(log_path, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                process = await trio.lowlevel.open_process(
+                    [sys.executable, "run.py", "serve", "--config", str(config)], cwd=ROOT,
+                    stdout=daemon_log, stderr=daemon_log)
+            finally:
+                os.close(daemon_log)
+            exited_at: list[float] = []
+
+            async def watch_exit() -> None:
+                await process.wait()
+                exited_at.append(time.monotonic())
+
+            # No keep-alive from the test itself: only the browser's connections are open when
+            # the daemon gets SIGTERM.
+            no_keepalive = httpx.Limits(max_keepalive_connections=0)
+            try:
+                async with httpx.AsyncClient(timeout=5, limits=no_keepalive) as client, \
+                        trio.open_nursery() as nursery:
+                    nursery.start_soon(watch_exit)
+                    with trio.fail_after(20):
+                        await _wait_healthy(client, url)
+                    bridge = Bridge(sims, client, url)
+                    seen = await trio.to_thread.run_sync(_browser_session, bridge, token,
+                                                         process.pid)
+                    with trio.fail_after(10):
+                        code = await process.wait()
+                stopped_after = exited_at[0] - seen["sigterm_at"]
+            finally:
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+                log_text = await trio.Path(log_path).read_text(encoding="utf-8", errors="replace")
+                print(log_text[-4000:])  # shown by pytest when the test fails
+
+    assert seen["states"] == ["ringing", "waiting_answer", "talking", "ended"]
+    assert seen["same_document"] == "still here", "the page reloaded"
+    assert seen["updates"] >= 4
+    assert seen["console_errors"] == []
+    assert seen["timeline_notes"] == seen["notifications"]
+    assert seen["timeline_actions"] == [["popup", "delivered"], ["hangup", "delivered"],
+                                        ["upload", "delivered"]]
+    assert seen["phone_overflow"] <= 0, "the page scrolls sideways on a phone"
+    assert code == 0
+    assert stopped_after < 2.0, f"took {stopped_after:.2f}s to stop with a page open"
+    # retailCRM got the retried upload exactly once, with the key that works.
+    uploads = [item for r in sims.crm.requests if r.endpoint == "telephony/calls/upload"
+               and r.status == 200 for item in r.data["calls"]]
+    assert sorted(item["externalId"] for item in uploads) == [str(ANSWERED), str(LOST)]
+    refused = [(r.status, item["externalId"]) for r in sims.crm.requests
+               if r.endpoint == "telephony/calls/upload" and r.status != 200
+               for item in r.data["calls"]]
+    assert refused == [(403, str(LOST))]
+    assert (ARTIFACTS / "status-page.png").stat().st_size > 10_000

@@ -1,0 +1,62 @@
+"""The systemd unit for a single-box install, printed by ``python run.py systemd-unit``."""
+
+from __future__ import annotations
+
+import shlex
+
+_UNIT = """\
+# tracker: UIS <-> retailCRM connector. Install:
+#   python run.py systemd-unit --config {config} | sudo tee /etc/systemd/system/tracker.service
+#   sudo systemctl daemon-reload && sudo systemctl enable --now tracker
+[Unit]
+Description=tracker: UIS <-> retailCRM connector
+Documentation=file://{workdir}/README.md
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=exec
+User={user}
+Group={user}
+ExecStart={exec_start}
+WorkingDirectory={state_dir}
+StateDirectory={state_name}
+StateDirectoryMode=0700
+# SIGTERM drains requests and stops within a couple of seconds
+KillSignal=SIGTERM
+TimeoutStopSec=20
+Restart=on-failure
+RestartSec=2
+# 2 = bad configuration, 3 = bad database or statechart: restarting cannot help
+RestartPreventExitStatus=2 3
+# hardening: tracker only needs its database directory and the network
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=read-only
+ReadWritePaths={state_dir}
+PrivateTmp=yes
+PrivateDevices=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectControlGroups=yes
+RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
+RestrictNamespaces=yes
+LockPersonality=yes
+SystemCallArchitectures=native
+UMask=0077
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def unit(*, python: str, workdir: str, config: str, user: str = "tracker",
+         state_dir: str = "/var/lib/tracker") -> str:
+    """The unit text: ``python -m tracker serve --config CONFIG`` as ``user``, with the
+    database directory ``state_dir`` (``database.path`` should point inside it)."""
+    if not state_dir.startswith("/var/lib/"):
+        raise ValueError("the state directory must be under /var/lib/ (systemd StateDirectory)")
+    exec_start = " ".join(shlex.quote(part) for part in
+                          (python, "-m", "tracker", "serve", "--config", config))
+    return _UNIT.format(config=config, user=user, exec_start=exec_start, workdir=workdir,
+                        state_dir=state_dir, state_name=state_dir[len("/var/lib/"):].strip("/"))
