@@ -16,7 +16,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) run.py demo
 
-test: $(STAMP)
+# tests/test_browser.py drives Debian's chromium: Playwright cannot download a browser here.
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
+
+test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest
 
 bench: $(STAMP)
