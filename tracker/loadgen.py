@@ -54,6 +54,7 @@ class _Conn:
         self.bodies = bodies
         self.buffer = b""
         self.started = 0.0
+        self.pending = b""  # the request awaiting its answer, resent after a reconnect
 
 
 def run(url: str, connections: int, duration: float, first_session: int,
@@ -75,13 +76,18 @@ def run(url: str, connections: int, duration: float, first_session: int,
 
     def send_next(conn: _Conn) -> None:
         conn.started = time.perf_counter()
-        conn.sock.sendall(_request(host, path, next(conn.bodies)))
+        conn.pending = _request(host, path, next(conn.bodies))
+        conn.sock.sendall(conn.pending)
 
-    for index in range(connections):
+    def connect() -> socket.socket:
         sock = socket.create_connection((host, port))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = _Conn(sock, bodies(index))
-        selector.register(sock, selectors.EVENT_READ, conn)
+        return sock
+
+    reconnects = 0
+    for index in range(connections):
+        conn = _Conn(connect(), bodies(index))
+        selector.register(conn.sock, selectors.EVENT_READ, conn)
         send_next(conn)
 
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
@@ -90,10 +96,19 @@ def run(url: str, connections: int, duration: float, first_session: int,
     while time.perf_counter() < deadline and (max_requests is None or done < max_requests):
         for key, _ in selector.select(timeout=0.5):
             conn = key.data
-            chunk = conn.sock.recv(65536)
+            try:
+                chunk = conn.sock.recv(65536)
+            except ConnectionError:
+                chunk = b""
             if not chunk:
+                # The server closed a kept-alive connection (hypercorn does so after 1,000
+                # requests): the unanswered request was not handled, so send it again.
                 selector.unregister(conn.sock)
-                errors += 1
+                conn.sock.close()
+                conn.sock, conn.buffer = connect(), b""
+                selector.register(conn.sock, selectors.EVENT_READ, conn)
+                conn.sock.sendall(conn.pending)
+                reconnects += 1
                 continue
             conn.buffer += chunk
             head, sep, rest = conn.buffer.partition(b"\r\n\r\n")
@@ -127,6 +142,7 @@ def run(url: str, connections: int, duration: float, first_session: int,
     return {
         "requests": len(latencies),
         "errors": errors,
+        "reconnects": reconnects,
         "statuses": statuses,
         "seconds": elapsed,
         "p50_ms": pct(0.50),
