@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import sqlite3
 import sys
 import time
@@ -14,52 +13,10 @@ from pathlib import Path
 import httpx
 import trio
 
-from tests.support import CLIENT_ID, CRM_KEY, SECRET, UIS_TOKEN, open_daemon, open_sims, \
-    settings_for
+from tests.procs import free_port, wait_healthy, write_config
+from tests.support import SECRET, open_daemon, open_sims, settings_for
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _write_config(path: Path, port: int, db: Path, uis_url: str, crm_url: str) -> None:
-    path.write_text(f"""
-[server]
-listen = "127.0.0.1:{port}"
-public_url = "http://tracker.test"
-
-[database]
-path = "{db}"
-
-[uis]
-webhook_secret = "{SECRET}"
-access_token = "{UIS_TOKEN}"
-data_api_url = "{uis_url}/dataapi/v2.0"
-call_api_url = "{uis_url}/callapi/v4.0"
-
-[crm]
-url = "{crm_url}"
-api_key = "{CRM_KEY}"
-client_id = "{CLIENT_ID}"
-
-[outbox]
-retry_base_seconds = 0.05
-retry_max_seconds = 0.5
-""", encoding="utf-8")
-
-
-async def _wait_healthy(client: httpx.AsyncClient, url: str) -> None:
-    while True:
-        try:
-            if (await client.get(f"{url}/healthz")).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        await trio.sleep(0.05)
 
 
 async def test_sigterm_under_load_stops_quickly_and_keeps_every_acknowledged_notification(tmp_path):
@@ -69,17 +26,18 @@ async def test_sigterm_under_load_stops_quickly_and_keeps_every_acknowledged_not
     with trio.fail_after(60):
         async with open_sims() as sims:
             sims.crm.fault = "hang"  # deliveries stay pending: the restart must finish them
-            port = _free_port()
+            port = free_port()
             db = tmp_path / "tracker.db"
             config = tmp_path / "tracker.toml"
-            _write_config(config, port, db, sims.uis_url, sims.crm_url)
+            write_config(config, db=db, uis_url=sims.uis_url, crm_url=sims.crm_url, port=port,
+                         outbox={"retry_base_seconds": 0.05, "retry_max_seconds": 0.5})
             url = f"http://127.0.0.1:{port}"
             process = await trio.lowlevel.open_process(
                 [sys.executable, "run.py", "serve", "--config", str(config)], cwd=ROOT)
             try:
                 async with httpx.AsyncClient(timeout=5) as client:
                     with trio.fail_after(20):
-                        await _wait_healthy(client, url)
+                        await wait_healthy(client, url)
 
                     async def load(worker: int) -> None:
                         nonlocal refused
