@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -22,7 +21,8 @@ import httpx
 import trio
 from playwright.sync_api import expect, sync_playwright
 
-from tests.support import ANNA, CLIENT_ID, CRM_KEY, MAPPING, SECRET, UIS_TOKEN, Sims, open_sims
+from tests.procs import free_port, write_config
+from tests.support import ANNA, CRM_KEY, SECRET, Sims, open_sims
 from tracker import keys
 from tracker.simulators import scenarios
 
@@ -33,41 +33,6 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ANSWERED, LOST = 998677001, 998677002
 T = TypeVar("T")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _write_config(path: Path, port: int, db: Path, sims: Sims) -> None:
-    employees = "".join(f"\n[[employees]]\nuis_id = {u}\ncrm_user_id = {c}\ncode = \"{code}\"\n"
-                        for u, (c, code) in MAPPING.items())
-    path.write_text(f"""
-[server]
-listen = "127.0.0.1:{port}"
-public_url = "http://tracker.test"
-
-[database]
-path = "{db}"
-
-[uis]
-webhook_secret = "{SECRET}"
-access_token = "{UIS_TOKEN}"
-data_api_url = "{sims.uis_url}/dataapi/v2.0"
-call_api_url = "{sims.uis_url}/callapi/v4.0"
-record_wait_seconds = 2
-
-[crm]
-url = "{sims.crm_url}"
-api_key = "{CRM_KEY}"
-client_id = "{CLIENT_ID}"
-
-[outbox]
-retry_base_seconds = 0.05
-retry_max_seconds = 0.5
-{employees}""", encoding="utf-8")
 
 
 async def _create_key(config: Path) -> str:
@@ -226,10 +191,11 @@ async def test_status_page_in_chromium_follows_a_call_and_retries_a_dead_letter(
         f"{CHROMIUM} is missing: `apt-get install -y chromium` (.ci/run does it)")
     with trio.fail_after(120):
         async with open_sims() as sims:
-            port = _free_port()
+            port = free_port()
             db = tmp_path / "tracker.db"
             config = tmp_path / "tracker.toml"
-            _write_config(config, port, db, sims)
+            write_config(config, db=db, uis_url=sims.uis_url, crm_url=sims.crm_url, port=port,
+                         outbox={"retry_base_seconds": 0.05, "retry_max_seconds": 0.5})
             token = await _create_key(config)
             url = f"http://127.0.0.1:{port}"
             log_path = tmp_path / "daemon.log"

@@ -559,3 +559,7 @@ def test_state_is_restored_from_the_stored_value(chart: statecharts.Chart) -> No
     assert applied.state_before == "waiting_answer"
     assert applied.state_after == "talking"
     assert applied.commands == (Hangup((A,), "answered"),)
+
+
+def test_the_final_states_the_code_names_are_the_charts(chart: statecharts.Chart) -> None:
+    assert set(calls.FINAL_STATES) == set(chart.final_states)

@@ -10,7 +10,6 @@ from zoneinfo import ZoneInfo
 from .config import Employee, Settings
 from .phones import to_e164
 
-FINAL_STATES = frozenset({"ended", "lost"})
 
 
 def crm_date(timestamp: float, tz: ZoneInfo) -> str:

@@ -8,13 +8,16 @@ that stored them commits.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from transitions import EventData
 
 from .commands import Command, Hangup, Popup, Upload
 from .events import Notification
 from .statecharts import Chart
+
+
+# The chart's final states (statecharts/call.json marks them; a test pins the two together).
+FINAL_STATES = ("ended", "lost")
 
 
 @dataclass(eq=False)  # eq=False: transitions' add_model compares models by equality
@@ -146,8 +149,3 @@ def apply(chart: Chart, call: Call, notification: Notification) -> Applied:
     # holds no reference to the call afterwards.
     chart.machine.events[notification.event].trigger(call, notification=notification)
     return Applied(state_before=before, state_after=call.state, commands=tuple(call.commands))
-
-
-def summary(call: Call) -> dict[str, Any]:
-    """A short dict for logs and the status page."""
-    return {"id": call.id, "state": call.state, "direction": call.direction}

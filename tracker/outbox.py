@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 import trio
 
 from . import actions, batching
+from .calls import FINAL_STATES
 from .config import Settings
 from .crm import CrmAnswer, CrmClient
 from .errors import DeliveryError, PermanentDelivery, RetryableDelivery
@@ -346,7 +347,7 @@ class Outbox:
                 self._store.set_cards_open(row["call_id"], [*opened, employee_id])
 
         call = self._store.call_row(row["call_id"])
-        if call is None or call["state"] in actions.FINAL_STATES:
+        if call is None or call["state"] in FINAL_STATES:
             if row.get("sent_at") is not None:
                 # An earlier attempt's answer never came back (a crash, a timeout): the card
                 # may be showing. Count it as open, so that the call's hangup closes it.

@@ -18,7 +18,6 @@ import logging
 import signal
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 import trio
@@ -136,9 +135,3 @@ async def _watch_signals(stop: trio.Event) -> None:
             log.info("received %s: draining and stopping", signal.Signals(signum).name)
             stop.set()
             return
-
-
-def describe(url: str, settings: Settings) -> dict[str, Any]:
-    """What to print at start-up (no secrets)."""
-    return {"status_page": url + "/", "webhook": url + "/webhooks/uis/<uis.webhook_secret>",
-            "database": str(settings.database.path)}

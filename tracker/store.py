@@ -18,11 +18,10 @@ from typing import Any
 
 import sqlite_utils
 
-from .calls import Call
+from .calls import FINAL_STATES, Call
 from .config import Employee
 from .errors import StoreError
 
-FINAL_STATES = ("ended", "lost")
 
 
 def _migration_1(db: sqlite_utils.Database) -> None:
