@@ -386,11 +386,13 @@ def test_admin_api_survives_raw_bytes(running, client, db, body):
 
 
 def _routes(running: Running) -> list[tuple[str, str]]:
-    """Every route of the daemon's app and its methods, with path variables filled in."""
+    """Every route of the daemon's app and its methods, with path variables filled in: quart's
+    rules, and the notification endpoint answered in front of quart (with a method it refuses)."""
+    from tracker import webhook
     from tracker.web import create_app
 
     app = running.in_daemon(lambda: create_app(running.ctx))
-    found = []
+    found = [(method, webhook.PREFIX + SECRET) for method in (*webhook.METHODS, "PUT")]
     for rule in app.url_map.iter_rules():
         path = rule.rule
         for name, value in (("<given>", SECRET), ("<int:call_id>", "1"), ("<int:row_id>", "1")):

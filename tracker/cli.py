@@ -37,7 +37,7 @@ def _bench(args: argparse.Namespace) -> int:
     from . import bench
 
     logs.configure("WARNING", "text")
-    trio.run(bench.run_bench, args.quick)
+    trio.run(bench.run_bench, args.quick, print, tuple(args.phase or bench.PHASES))
     return 0
 
 
@@ -203,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="measure throughput, latency, memory, start-up")
     bench.add_argument("--quick", action="store_true", help="a small run that takes seconds")
+    bench.add_argument("--phase", action="append", choices=("ingest", "popup", "memory",
+                       "backlog", "startup"), help="run only this phase (repeatable; "
+                       "ingest includes the ceiling)")
     bench.set_defaults(func=_bench)
 
     activate = commands.add_parser("activate", help="register the telephony in retailCRM")

@@ -7,6 +7,7 @@ from zoneinfo import ZoneInfo
 
 from .config import Settings
 from .crm import CrmClient
+from .intake import Intake
 from .live import Live
 from .metrics import Metrics
 from .outbox import Outbox
@@ -33,6 +34,7 @@ class Context:
     outbox: Outbox
     crm: CrmClient
     uis: UisClient
+    intake: Intake  # the webhook's group commit
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     metrics: Metrics = field(default_factory=Metrics)
     live: Live = field(default_factory=Live)  # change feed of the status page

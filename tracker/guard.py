@@ -101,17 +101,28 @@ def register(app: QuartTrio, ctx: Context) -> None:
     async def check_sender() -> Response | None:
         if not request.path.startswith(NOTIFICATION_PREFIX):
             return None
-        client = request.scope.get("client")
-        peer = client[0] if client else None
-        chain = request.headers.getlist("X-Forwarded-For")
-        if allowed(peer, chain, allow, trusted):
+        refusal = sender_refusal(request.scope, allow, trusted)
+        if refusal is None:
             return None
-        # Never log the path: it holds the webhook secret.
-        log.warning("refused a UIS notification from %s (not in uis.allowed_ips)",
-                    sender(peer, chain, trusted) or peer)
-        return Response(json.dumps({"error": "forbidden", "message": "this sender is not in "
-                                    "uis.allowed_ips"}), status=403,
+        return Response(json.dumps(refusal), status=403,
                         content_type="application/json; charset=utf-8")
+
+
+def sender_refusal(scope: Any, allow: Sequence[Network],
+                   trusted: Sequence[Network]) -> dict[str, str] | None:
+    """The 403 body (logged) when the sender of this ASGI request may not send notifications."""
+    if not allow:
+        return None
+    client = scope.get("client")
+    peer = client[0] if client else None
+    chain = [value.decode("latin-1") for name, value in scope.get("headers") or []
+             if name.lower() == b"x-forwarded-for"]
+    if allowed(peer, chain, allow, trusted):
+        return None
+    # Never log the path: it holds the webhook secret.
+    log.warning("refused a UIS notification from %s (not in uis.allowed_ips)",
+                sender(peer, chain, trusted) or peer)
+    return {"error": "forbidden", "message": "this sender is not in uis.allowed_ips"}
 
 
 def with_limits(asgi_app: Any, *, max_body_bytes: int, timeout_seconds: float) -> Any:

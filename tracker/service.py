@@ -4,6 +4,7 @@ Task tree (one trio nursery each):
 
     serve()
     ├── outbox.run()            workers: outside the HTTP nursery so requests drain first
+    ├── intake.run_writer()     group commit of notifications (writes what is queued on exit)
     ├── live.run()              the status page's change feed (closed first on shutdown)
     ├── Sweeper.run()           stale calls settled from the Data API report
     ├── Reconciler.run()        missed sessions created from the Data API report
@@ -18,6 +19,7 @@ import logging
 import signal
 import time
 from dataclasses import dataclass
+from zoneinfo import ZoneInfo
 
 import httpx
 import trio
@@ -29,6 +31,7 @@ from .context import Context, Lifecycle
 from .crm import CrmClient
 from .errors import StoreError
 from .httpserve import serve_app
+from .intake import Intake
 from .outbox import Outbox
 from .reconcile import Reconciler
 from .status_sync import StatusSync
@@ -82,9 +85,10 @@ async def serve(
             crm = CrmClient(http, settings.crm, throttle.crm_gate(settings.ratelimit))
             uis = UisClient(http, settings.uis, throttle.uis_gate(settings.ratelimit))
             outbox = Outbox(store, settings, crm, uis)  # its Metrics are the daemon's
+            intake = Intake(store, chart, ZoneInfo(settings.crm.timezone))
             ctx = Context(settings=settings, store=store, chart=chart, outbox=outbox, crm=crm,
-                          metrics=outbox.metrics,
-                          uis=uis, lifecycle=Lifecycle(started_at=time.time()))
+                          metrics=outbox.metrics, uis=uis, intake=intake,
+                          lifecycle=Lifecycle(started_at=time.time()))
             from .web import create_app  # quart is heavy; import it only when serving
 
             app = create_app(ctx)
@@ -93,6 +97,7 @@ async def serve(
             outbox.on_wake.append(ctx.live.poke)
             async with trio.open_nursery() as workers:
                 await workers.start(outbox.run)
+                await workers.start(intake.run_writer)
                 await workers.start(maintenance.run_retention, store, settings.retention)
                 await workers.start(ctx.live.run)
                 await workers.start(Sweeper(ctx).run)

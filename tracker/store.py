@@ -302,11 +302,21 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """All writes inside commit together or not at all. Nested use joins the outer one."""
+        """All writes inside commit together or not at all. Nested use is a savepoint of the
+        outer one: an exception leaving it undoes its writes alone (the outer goes on if the
+        exception is caught)."""
         if self._depth:
+            name = f"nested_{self._depth}"
+            self.conn.execute(f"SAVEPOINT {name}")
             self._depth += 1
             try:
                 yield
+            except BaseException:
+                self.conn.execute(f"ROLLBACK TO {name}")
+                self.conn.execute(f"RELEASE {name}")
+                raise
+            else:
+                self.conn.execute(f"RELEASE {name}")
             finally:
                 self._depth -= 1
             return
@@ -318,7 +328,12 @@ class Store:
             self.conn.execute("ROLLBACK")
             raise
         else:
-            self.conn.execute("COMMIT")
+            try:
+                self.conn.execute("COMMIT")
+            except sqlite3.Error:
+                if self.conn.in_transaction:  # some failed commits leave the transaction open
+                    self.conn.execute("ROLLBACK")
+                raise
         finally:
             self._depth = 0
 

@@ -1,26 +1,23 @@
-"""HTTP routes (quart-trio): UIS notifications, health, the status page. Status codes live here."""
+"""HTTP routes (quart-trio): health, the status page, the APIs; UIS notifications come first
+(webhook.py). Status codes live in these modules."""
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import sqlite3
 import time
 from typing import Any
-from urllib.parse import parse_qsl
 
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from . import api, clicktocall, guard, ingest, metrics, page, routing, status_sync, throttle
+from . import api, clicktocall, guard, metrics, page, routing, status_sync, throttle, webhook
 from .context import Context
-from .errors import RejectedNotification
 
 log = logging.getLogger(__name__)
 
-_MAX_DEPTH = 32
 _LOGO = (
     '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 64 64"><rect width="64" height="64" rx="12"'
     ' fill="#1d4ed8"/><path d="M20 16h8l4 10-5 3a24 24 0 0 0 8 8l3-5 10 4v8a4 4 0 0 1-4 4'
@@ -40,62 +37,16 @@ def _error(status: int, error: str, message: str, field: str | None = None) -> R
     return _json(body, status)
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise RejectedNotification("appears twice in the JSON object", key)
-        result[key] = value
-    return result
-
-
-def _depth(value: Any, level: int = 0) -> int:
-    if level > _MAX_DEPTH:
-        return level
-    if isinstance(value, dict):
-        return max([_depth(v, level + 1) for v in value.values()], default=level + 1)
-    if isinstance(value, list):
-        return max([_depth(v, level + 1) for v in value], default=level + 1)
-    return level
-
-
-def decode_body(raw: bytes) -> dict[str, Any]:
-    """A JSON object from a request body; ``RejectedNotification`` saying what is wrong."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise RejectedNotification(f"body is not valid UTF-8 (byte {exc.start})") from None
-    if not text.strip():
-        raise RejectedNotification("body is empty: expected a JSON object")
-    try:
-        data = json.loads(text, object_pairs_hook=_reject_duplicates)
-    except json.JSONDecodeError as exc:
-        raise RejectedNotification(f"body is not valid JSON: {exc.msg} at line {exc.lineno} "
-                                   f"column {exc.colno}") from None
-    except RecursionError:
-        raise RejectedNotification("body is nested too deeply") from None
-    except ValueError as exc:  # CPython refuses integers of over 4300 digits
-        raise RejectedNotification(f"body is not usable JSON: {str(exc)[:120]}") from None
-    if not isinstance(data, dict):
-        raise RejectedNotification(f"body must be a JSON object, got {type(data).__name__}")
-    if _depth(data) > _MAX_DEPTH:
-        raise RejectedNotification("body is nested too deeply")
-    try:  # "\ud800" is valid JSON but no text: SQLite (and retailCRM) could not store it
-        json.dumps(data, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise RejectedNotification("body holds a lone surrogate escape (\\ud800-\\udfff)"
-                                   ) from None
-    return data
-
-
 def create_app(ctx: Context) -> QuartTrio:
     """The web application of one daemon; everything it needs comes from ``ctx``."""
     app = QuartTrio(__name__)
     app.config["MAX_CONTENT_LENGTH"] = ctx.settings.server.max_body_bytes
     app.config["BODY_TIMEOUT"] = 30
     app.config["RESPONSE_TIMEOUT"] = 30
-    guard.register(app, ctx)  # size and time limits from the settings, sender allow-list
-    secret = ctx.settings.uis.webhook_secret.reveal().encode()
+    # UIS notifications are answered in front of quart (webhook.py); the guard's size and time
+    # limits wrap both, and its sender allow-list covers the other /webhooks/uis/ routes.
+    app.asgi_app = webhook.with_notifications(ctx, app.asgi_app)
+    guard.register(app, ctx)
 
     @app.errorhandler(Exception)
     async def internal_error(exc: Exception) -> Response:
@@ -120,48 +71,6 @@ def create_app(ctx: Context) -> QuartTrio:
             # hypercorn waits for kept-alive connections on shutdown; tell clients to go now.
             response.headers["Connection"] = "close"
         return response
-
-    # One path segment: "<secret>/anything" is no notification (it 404s, or is another route).
-    @app.route("/webhooks/uis/<given>", methods=["GET", "POST"])
-    async def uis_notification(given: str) -> Response:
-        if not hmac.compare_digest(given.encode(), secret):
-            return _error(404, "not_found", "no such page")
-        method = request.method
-        fields: dict[str, Any] = {}
-        try:
-            if method == "GET":
-                fields = {k: v for k, v in request.args.items()}
-            else:
-                raw = await request.get_data(cache=False)
-                try:
-                    if request.mimetype == "application/x-www-form-urlencoded":
-                        fields = _form(raw)
-                    else:
-                        fields = decode_body(raw)
-                except RejectedNotification as exc:
-                    ingest.journal_rejected(ctx.store, str(exc),
-                                            raw[:16384].decode("utf-8", "replace"), method)
-                    raise
-            outcome = ingest.ingest(ctx.store, ctx.chart, ctx.tz, fields, method=method)
-        except RejectedNotification as exc:
-            log.warning("rejected a notification: %s", exc)
-            ctx.metrics.observe_notification(fields.get("event"), "rejected")
-            return _error(400, "invalid_notification", exc.message, exc.field)
-        except sqlite3.Error as exc:
-            log.exception("could not store a notification")
-            return _error(503, "storage_unavailable", f"the notification was not stored: {exc}")
-        ctx.metrics.observe_notification(outcome.event, outcome.status, outcome.state_before,
-                                         outcome.state)
-        if outcome.actions:
-            ctx.outbox.wake()  # its listeners include the status page's live feed
-        else:
-            ctx.live.poke()  # a change without actions is still news for the status page
-        body: dict[str, Any] = {"status": outcome.status}
-        if outcome.call_id is not None:
-            body["call_session_id"] = outcome.call_id
-        if outcome.state is not None:
-            body["state"] = outcome.state
-        return _json(body)
 
     routing.register(app, ctx)
     clicktocall.register(app, ctx)
@@ -202,10 +111,3 @@ def create_app(ctx: Context) -> QuartTrio:
     page.register(app, ctx)  # GET /, /calls/<id>, /live, /login, retry of dead letters
     return app
 
-
-def _form(raw: bytes) -> dict[str, Any]:
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise RejectedNotification("body is not valid UTF-8") from None
-    return dict(parse_qsl(text, keep_blank_values=True))
