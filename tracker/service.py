@@ -5,6 +5,7 @@ Task tree (one trio nursery each):
     serve()
     ├── outbox.run()            workers: outside the HTTP nursery so requests drain first
     ├── intake.run_writer()     group commit of notifications (writes what is queued on exit)
+    ├── Checkpointer.run()      WAL checkpoints in a thread, off the event loop
     ├── live.run()              the status page's change feed (closed first on shutdown)
     ├── Sweeper.run()           stale calls settled from the Data API report
     ├── Reconciler.run()        missed sessions created from the Data API report
@@ -26,6 +27,7 @@ import trio
 
 from . import maintenance, outbound, requestlog, statecharts, throttle
 from .calls import Call
+from .checkpointer import Checkpointer
 from .config import Settings
 from .context import Context, Lifecycle
 from .crm import CrmClient
@@ -98,6 +100,9 @@ async def serve(
             async with trio.open_nursery() as workers:
                 await workers.start(outbox.run)
                 await workers.start(intake.run_writer)
+                # commits on the event loop no longer wait for checkpoints: a thread does them
+                store.conn.execute("PRAGMA wal_autocheckpoint=0")
+                await workers.start(Checkpointer(settings.database.path).run)
                 await workers.start(maintenance.run_retention, store, settings.retention)
                 await workers.start(ctx.live.run)
                 await workers.start(Sweeper(ctx).run)

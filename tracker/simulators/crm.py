@@ -105,7 +105,8 @@ class CrmSimulator:
         self.uploaded: dict[str, dict[str, Any]] = {}  # externalId -> first call stored
         self.calls: list[dict[str, Any]] = []  # every call stored, with or without externalId
         self.events: list[dict[str, Any]] = []
-        self.arrivals: dict[str, float] = {}  # callExternalId -> perf_counter of its first event
+        # callExternalId -> perf_counter when its first event reached the simulator
+        self.arrivals: dict[str, float] = {}
         self.modules: dict[str, dict[str, Any]] = {}
         self.telephony_settings: dict[str, dict[str, Any]] = {}
         self.user_statuses: dict[int, str] = {}
@@ -183,6 +184,14 @@ class CrmSimulator:
         async def anything(path: str) -> Response:
             return await self._dispatch(path)
 
+        routes = app.asgi_app
+
+        async def stamped(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            # when the request reached the simulator, before quart's own work (``arrivals``)
+            scope["arrived_at"] = time.perf_counter()
+            await routes(scope, receive, send)
+
+        app.asgi_app = stamped  # type: ignore[method-assign]
         return app
 
     async def _dispatch(self, path: str) -> Response:
@@ -292,7 +301,8 @@ class CrmSimulator:
         if errors:
             raise _invalid(errors)
         self.events.append(event)
-        self.arrivals.setdefault(str(event.get("callExternalId")), time.perf_counter())
+        self.arrivals.setdefault(str(event.get("callExternalId")),
+                                 request.scope.get("arrived_at") or time.perf_counter())
         answer: dict[str, Any] = {"success": True}
         if self.known_codes is not None:
             missing = [c for c in event.get("codes") or [] if c not in self.known_codes]
