@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ import trio
 from tracker import config, service
 from tracker.httpserve import serve_app
 from tracker.simulators import CrmSimulator, Scenario, UisSimulator
+from tracker.store import Store
 
 SECRET = "test-webhook-secret-0123456789"
 UIS_TOKEN = "test-uis-token"
@@ -154,3 +156,36 @@ async def open_system(tmp_path: Path, **sections: dict[str, Any]) -> AsyncIterat
 
 def start_time() -> datetime:
     return datetime(2024, 5, 17, 14, 3, 27)
+
+
+# -- a damaged database ------------------------------------------------------------------------
+
+
+def seed_index_rows(store: Store) -> None:
+    """Rows whose index entries ``damage_an_index`` can find."""
+    for i in range(50):
+        store.warn("unmapped_employee", f"CORRUPTME-{i:04d}", "x")
+
+
+def damage_an_index(db: Path) -> None:
+    """Change one key in an index page, in place (the file keeps its size and inode): the page
+    stays well-formed, so quick_check passes, but the index no longer matches its table."""
+    with sqlite3.connect(db) as conn:
+        [(root,)] = conn.execute("SELECT rootpage FROM sqlite_master WHERE type = 'index'"
+                                 " AND name = 'idx_warnings_kind_subject'").fetchall()
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    data = bytearray(db.read_bytes())
+    start = (root - 1) * page_size
+    at = data.index(b"CORRUPTME-0007", start, start + page_size)
+    data[at + 10:at + 14] = b"9999"
+    db.write_bytes(bytes(data))
+
+
+def corrupt_an_index(db: Path) -> None:
+    """A database (made here) with one index that disagrees with its table."""
+    store = Store(db)
+    store.migrate()
+    seed_index_rows(store)
+    store.close()
+    damage_an_index(db)

@@ -17,6 +17,7 @@ import trio
 
 from tests.procs import ROOT, free_port, run_cli, write_config
 from tests.support import (
+    corrupt_an_index,
     ANNA,
     CLIENT_ID,
     CRM_KEY,
@@ -257,26 +258,6 @@ async def test_a_database_readable_by_others_is_made_owner_only_at_start(tmp_pat
     with trio.fail_after(20):
         async with open_system(tmp_path):
             assert stat.S_IMODE(db.stat().st_mode) == 0o600
-
-
-def corrupt_an_index(db: Path) -> None:
-    """Change one key in an index page only: the page stays well-formed, so quick_check passes,
-    but the index no longer matches its table."""
-    store = Store(db)
-    store.migrate()
-    for i in range(50):
-        store.warn("unmapped_employee", f"CORRUPTME-{i:04d}", "x")
-    store.close()
-    with sqlite3.connect(db) as conn:
-        [(root,)] = conn.execute("SELECT rootpage FROM sqlite_master WHERE type = 'index'"
-                                 " AND name = 'idx_warnings_kind_subject'").fetchall()
-        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-    conn.close()
-    data = bytearray(db.read_bytes())
-    start = (root - 1) * page_size
-    at = data.index(b"CORRUPTME-0007", start, start + page_size)
-    data[at + 10:at + 14] = b"9999"
-    db.write_bytes(bytes(data))
 
 
 @pytest.mark.parametrize(("damage", "words"), [

@@ -8,13 +8,13 @@ one table with the targets beside them; nothing here asserts a timing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import signal
 import socket
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -392,19 +392,25 @@ async def _startup(tmp: Path, size: Size, uis_url: str, crm_url: str) -> dict[st
     store = Store(db)
     store.migrate()
     store.close()
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
         body = json.dumps({"event": "incoming_call", "call_session_id": 1, "pad": "x" * 200})
         now = time.time()
         conn.executemany(
             "INSERT INTO events (received_at, call_id, event, outcome, dedupe_key, method, body)"
             " VALUES (?, ?, 'incoming_call', 'accepted', ?, 'POST', ?)",
             ((now, i // 5, f"k{i}", body) for i in range(size.journal_rows)))
+    # The first start finds no note of a clean stop (as after a crash): the full integrity check
+    # runs before the daemon listens. The second start follows a clean stop: it runs in a thread.
     daemon = _Daemon(tmp, "startup", uis_url, crm_url, db=db)
+    try:
+        checked_first = await daemon.start()
+    finally:
+        await daemon.stop()
     try:
         seconds = await daemon.start()
     finally:
         await daemon.stop()
-    return {"rows": size.journal_rows, "seconds": seconds,
+    return {"rows": size.journal_rows, "seconds": seconds, "checked_first": checked_first,
             "db_mb": db.stat().st_size / 2**20}
 
 
@@ -468,7 +474,11 @@ async def run_bench(quick: bool, out: Any = print,
                 startup = await _startup(tmp, size, uis_url, crm_url)
                 rows.append((f"start-up with {startup['rows']} journal rows "
                              f"({startup['db_mb']:.0f} MB)", f"{startup['seconds']:.2f} s",
-                             f"≤ 2 s ({'ok' if startup['seconds'] <= 2 else 'MISSED'})"))
+                             f"≤ 2 s ({'ok' if startup['seconds'] <= 2 else 'MISSED'}); "
+                             "after a clean stop, integrity check in a thread"))
+                rows.append(("start-up after a crash, same file",
+                             f"{startup['checked_first']:.2f} s",
+                             "the full integrity check runs before listening"))
             nursery.cancel_scope.cancel()
     out("")
     out(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "

@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 from .config import Settings
 from .crm import CrmClient
 from .intake import Intake
+from .integrity import BackgroundCheck
 from .live import Live
 from .metrics import Metrics
 from .outbox import Outbox
@@ -35,6 +36,7 @@ class Context:
     crm: CrmClient
     uis: UisClient
     intake: Intake  # the webhook's group commit
+    integrity: BackgroundCheck  # the database check, when it runs after start-up
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     metrics: Metrics = field(default_factory=Metrics)
     live: Live = field(default_factory=Live)  # change feed of the status page

@@ -6,6 +6,7 @@ Task tree (one trio nursery each):
     ├── outbox.run()            workers: outside the HTTP nursery so requests drain first
     ├── intake.run_writer()     group commit of notifications (writes what is queued on exit)
     ├── Checkpointer.run()      WAL checkpoints in a thread, off the event loop
+    ├── BackgroundCheck.run()   integrity check of a cleanly closed file, in a thread
     ├── live.run()              the status page's change feed (closed first on shutdown)
     ├── Sweeper.run()           stale calls settled from the Data API report
     ├── Reconciler.run()        missed sessions created from the Data API report
@@ -25,7 +26,7 @@ from zoneinfo import ZoneInfo
 import httpx
 import trio
 
-from . import maintenance, outbound, requestlog, statecharts, throttle
+from . import integrity, maintenance, outbound, requestlog, statecharts, throttle
 from .calls import Call
 from .checkpointer import Checkpointer
 from .config import Settings
@@ -55,11 +56,12 @@ class Running:
     ctx: Context
 
 
-def open_store(settings: Settings) -> Store:
-    """Open the database, check it, apply migrations. Raises ``StoreError`` with the reason."""
+def open_store(settings: Settings, *, check: bool = True) -> Store:
+    """Open the database, check it (unless told it is known good), apply migrations. Raises
+    ``StoreError`` with the reason."""
     store = Store(settings.database.path, synchronous=settings.database.synchronous)
     maintenance.keep_private(settings.database.path)
-    verdict = store.integrity_ok()
+    verdict = store.integrity_ok() if check else "ok"
     if verdict != "ok":
         store.close()
         raise StoreError(f"{settings.database.path}: integrity check failed, refusing to start: "
@@ -80,7 +82,14 @@ async def serve(
     """Run the daemon until ``stop`` is set or SIGINT/SIGTERM arrives; report ``Running``."""
     stop = trio.Event() if stop is None else stop
     chart = statecharts.load_all(statecharts.DEFAULT_DIR, Call, EVENTS)["call"]
-    store = open_store(settings)
+    path = settings.database.path
+    closed_cleanly = integrity.take_clean_close_note(path)
+    store = open_store(settings, check=not closed_cleanly)
+    if closed_cleanly:
+        log.info("%s was closed cleanly: its integrity check runs in the background", path)
+    background_check = integrity.BackgroundCheck(
+        path, needed=closed_cleanly,
+        on_damage=lambda problem: store.warn("database_damaged", str(path), problem))
     limits = httpx.Limits(max_connections=20, max_keepalive_connections=10)
     try:
         async with httpx.AsyncClient(limits=limits) as http:
@@ -90,6 +99,7 @@ async def serve(
             intake = Intake(store, chart, ZoneInfo(settings.crm.timezone))
             ctx = Context(settings=settings, store=store, chart=chart, outbox=outbox, crm=crm,
                           metrics=outbox.metrics, uis=uis, intake=intake,
+                          integrity=background_check,
                           lifecycle=Lifecycle(started_at=time.time()))
             from .web import create_app  # quart is heavy; import it only when serving
 
@@ -102,7 +112,8 @@ async def serve(
                 await workers.start(intake.run_writer)
                 # commits on the event loop no longer wait for checkpoints: a thread does them
                 store.conn.execute("PRAGMA wal_autocheckpoint=0")
-                await workers.start(Checkpointer(settings.database.path).run)
+                await workers.start(Checkpointer(path).run)
+                await workers.start(background_check.run)
                 await workers.start(maintenance.run_retention, store, settings.retention)
                 await workers.start(ctx.live.run)
                 await workers.start(Sweeper(ctx).run)
@@ -134,9 +145,13 @@ async def serve(
                     log.info("tracker listening on %s", url)
                     task_status.started(Running(url, ctx))
                 workers.cancel_scope.cancel()
-    finally:
+    except BaseException:
         store.close()
         log.info("tracker stopped")
+        raise
+    store.close()
+    integrity.note_clean_close(path)  # the next start may then check in the background
+    log.info("tracker stopped")
 
 
 async def _watch_signals(stop: trio.Event) -> None:

@@ -92,6 +92,8 @@ def create_app(ctx: Context) -> QuartTrio:
             problems.append(f"database not writable: {exc}")
         if not ctx.outbox.running:
             problems.append("outbox workers are not running")
+        if ctx.integrity.problem is not None:
+            problems.append(f"database damaged: {ctx.integrity.problem}")
         stats = ctx.outbox.statistics()
         body = {
             "status": "fail" if problems else ("degraded" if stats.consecutive_failures else "ok"),

@@ -186,12 +186,12 @@ class CrmSimulator:
 
         routes = app.asgi_app
 
-        async def stamped(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        async def stamped(scope: Any, receive: Any, send: Any) -> None:
             # when the request reached the simulator, before quart's own work (``arrivals``)
             scope["arrived_at"] = time.perf_counter()
             await routes(scope, receive, send)
 
-        app.asgi_app = stamped  # type: ignore[method-assign]
+        app.asgi_app = stamped  # type: ignore[method-assign,assignment]
         return app
 
     async def _dispatch(self, path: str) -> Response:
@@ -301,8 +301,9 @@ class CrmSimulator:
         if errors:
             raise _invalid(errors)
         self.events.append(event)
+        arrived = request.scope.get("arrived_at")
         self.arrivals.setdefault(str(event.get("callExternalId")),
-                                 request.scope.get("arrived_at") or time.perf_counter())
+                                 arrived if isinstance(arrived, float) else time.perf_counter())
         answer: dict[str, Any] = {"success": True}
         if self.known_codes is not None:
             missing = [c for c in event.get("codes") or [] if c not in self.known_codes]
