@@ -175,3 +175,4 @@ async def test_the_notification_endpoint_refuses_other_methods_with_405(tmp_path
             wrong = await d.client.put(f"{d.url}/webhooks/uis/wrong-secret-0123456789")
             assert wrong.status_code == 404  # a wrong secret is never told apart by method
             assert d.count("events") == 0
+

@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 # dispatcher looks at the database at least this often, a cheap query on an indexed column.
 EXTERNAL_CHECK_SECONDS = 2.0
 BATCHED_KINDS = frozenset({"upload"})
+# Look-ups slower than this (a large backlog) are spaced by this many times their duration.
+SLOW_SCAN_SECONDS = 0.002
+SLOW_SCAN_PAUSE = 4
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,7 @@ class Outbox:
                         workers: int) -> None:
         while True:
             self._wakeup = trio.Event()
+            scan_started = time.perf_counter()
             jobs = self._due_jobs(time.time(), workers)
             for job in jobs:
                 self._in_flight.update(row["lane"] for row in job)
@@ -182,11 +186,17 @@ class Outbox:
             # Whatever is due but was not handed out waits for a busy worker, whose end wakes us.
             now = time.time()
             next_at = self._store.next_due_at()
+            scan_seconds = time.perf_counter() - scan_started
             delay = EXTERNAL_CHECK_SECONDS
             if next_at is not None and next_at > now:
                 delay = min(delay, max(0.05, next_at - now))
             with trio.move_on_after(delay):
                 await self._wakeup.wait()
+            if scan_seconds > SLOW_SCAN_SECONDS:
+                # A backlog of thousands of rows whose lane heads wait for a retry (an outage)
+                # makes a look-up cost milliseconds; every commit wakes us, so let the wake-ups
+                # gather for a while instead of spending the event loop on look-ups.
+                await trio.sleep(min(scan_seconds * SLOW_SCAN_PAUSE, 0.1))
 
     def _due_jobs(self, now: float, workers: int) -> list[list[dict[str, Any]]]:
         """What to hand out now: one row per job, or a batch of upload lane heads."""

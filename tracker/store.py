@@ -247,7 +247,20 @@ def _migration_5(db: sqlite_utils.Database) -> None:
     ``events`` row (event ``route``) on its call, and the answer cache lives in memory."""
 
 
-MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5]
+def _migration_6(db: sqlite_utils.Database) -> None:
+    """Issue 6: the dispatcher's look-ups walk these in order and stop early, instead of
+    grouping every pending row by lane on each wake-up (slow with a backlog of thousands)."""
+    db["outbox"].create_index(["status", "priority", "id"])
+    db["outbox"].create_index(["status", "next_at"])
+
+
+MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5,
+              _migration_6]
+
+
+# A pending row is its lane's head when no older row of the lane is pending (the lanes index).
+_IS_LANE_HEAD = ("NOT EXISTS (SELECT 1 FROM outbox p WHERE p.status = 'pending'"
+                 " AND p.lane = o.lane AND p.id < o.id)")
 
 
 class Store:
@@ -471,11 +484,9 @@ class Store:
     def due_heads(self, now: float, exclude_lanes: set[str], limit: int) -> list[dict[str, Any]]:
         """The first pending row of each lane whose time has come, cards before uploads."""
         rows = self.conn.execute(
-            """
-            SELECT o.* FROM outbox o
-            JOIN (SELECT lane, min(id) AS head FROM outbox WHERE status = 'pending'
-                  GROUP BY lane) h ON o.id = h.head
-            WHERE o.next_at <= ?
+            f"""
+            SELECT o.* FROM outbox o INDEXED BY idx_outbox_status_priority_id
+            WHERE o.status = 'pending' AND o.next_at <= ? AND {_IS_LANE_HEAD}
             ORDER BY o.priority, o.id
             LIMIT ?
             """,
@@ -484,11 +495,13 @@ class Store:
         return [dict(r) for r in rows if r["lane"] not in exclude_lanes][:limit]
 
     def next_due_at(self) -> float | None:
+        """When the earliest lane head is due (None when nothing is pending)."""
         row = self.conn.execute(
-            """
-            SELECT min(o.next_at) FROM outbox o
-            JOIN (SELECT lane, min(id) AS head FROM outbox WHERE status = 'pending'
-                  GROUP BY lane) h ON o.id = h.head
+            f"""
+            SELECT o.next_at FROM outbox o INDEXED BY idx_outbox_status_next_at
+            WHERE o.status = 'pending' AND {_IS_LANE_HEAD}
+            ORDER BY o.next_at
+            LIMIT 1
             """
         ).fetchone()
         return row[0] if row else None
