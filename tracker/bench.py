@@ -434,12 +434,18 @@ async def run_bench(quick: bool, out: Any = print,
             uis_url = await nursery.start(serve_app, uis.app)
             crm_url = await nursery.start(serve_app, crm.app)
             if "ingest" in phases:
+                # The machine is shared: the ceiling is measured before and after the daemon,
+                # and the ratio is taken against the higher of the two.
                 out("measuring the bare ceiling …")
-                ceiling = await _ceiling(size)
-                rows.append(("bare ASGI ceiling (hypercorn trio)", f"{ceiling['rps']:.0f} req/s",
-                             f"load generator CPU {ceiling['cpu']:.2f} cores"))
+                before = await _ceiling(size)
                 out("measuring durable ingest …")
                 ingest = await _ingest(tmp, size, uis_url, crm, crm_url)
+                out("measuring the bare ceiling again …")
+                after = await _ceiling(size)
+                ceiling = max(before, after, key=lambda c: float(c["rps"]))
+                rows.append(("bare ASGI ceiling (hypercorn trio)", f"{ceiling['rps']:.0f} req/s",
+                             f"higher of {before['rps']:.0f} before and {after['rps']:.0f} after;"
+                             f" load generator CPU {ceiling['cpu']:.2f} cores"))
                 ratio = ingest["rps"] / ceiling["rps"] if ceiling["rps"] else 0.0
                 rows.append(("durable ingest", f"{ingest['rps']:.0f} notifications/s",
                              f"≥ 0.6 × ceiling: {ratio:.2f} × "
