@@ -139,7 +139,28 @@ def with_limits(asgi_app: Any, *, max_body_bytes: int, timeout_seconds: float) -
             return
         messages: list[dict[str, Any]] = []
         size = 0
-        with trio.move_on_after(timeout_seconds) as reading:
+        started = False
+        # One cancel scope for both limits (this runs for every request): its deadline is moved
+        # once the body is in, and lifted once the answer starts.
+        deadline = trio.CancelScope(deadline=trio.current_time() + timeout_seconds)
+
+        async def replay() -> dict[str, Any]:
+            if messages:
+                return messages.pop(0)
+            message: dict[str, Any] = await receive()  # http.disconnect, eventually
+            return message
+
+        async def tracking_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            if message.get("type") == "http.response.start" and not started:
+                started = True
+                # From here quart's RESPONSE_TIMEOUT (or the response's own) bounds the sending:
+                # a server-sent-events stream answers at once and then runs for long.
+                deadline.deadline = math.inf
+            await send(message)
+
+        body_read = False
+        with deadline:
             while True:
                 message = await receive()
                 if message["type"] != "http.request":
@@ -151,32 +172,15 @@ def with_limits(asgi_app: Any, *, max_body_bytes: int, timeout_seconds: float) -
                 messages.append(message)
                 if not message.get("more_body", False):
                     break
-        if reading.cancelled_caught:
+            body_read = True
+            deadline.deadline = trio.current_time() + timeout_seconds
+            await asgi_app(scope, replay, tracking_send)
+        if not deadline.cancelled_caught:
+            return
+        if not body_read:
             await _refuse(send, 408, "request_timeout",
                           f"the body did not arrive within {timeout_seconds:g} s")
-            return
-
-        async def replay() -> dict[str, Any]:
-            if messages:
-                return messages.pop(0)
-            message: dict[str, Any] = await receive()  # http.disconnect, eventually
-            return message
-
-        started = False
-        deadline = trio.CancelScope(deadline=trio.current_time() + timeout_seconds)
-
-        async def tracking_send(message: dict[str, Any]) -> None:
-            nonlocal started
-            if message.get("type") == "http.response.start" and not started:
-                started = True
-                # From here quart's RESPONSE_TIMEOUT (or the response's own) bounds the sending:
-                # a server-sent-events stream answers at once and then runs for long.
-                deadline.deadline = math.inf
-            await send(message)
-
-        with deadline:
-            await asgi_app(scope, replay, tracking_send)
-        if deadline.cancelled_caught and not started:
+        elif not started:
             log.warning("a %s request took over %g s: answered 503", scope.get("method"),
                         timeout_seconds)
             await _refuse(send, 503, "timeout", f"no answer within {timeout_seconds:g} s")

@@ -21,7 +21,6 @@ from zoneinfo import ZoneInfo
 import trio
 
 from . import ingest
-from .errors import RejectedNotification
 from .ingest import Outcome
 from .statecharts import Chart
 from .store import Store
@@ -118,15 +117,12 @@ class Intake:
             pending.done.set()
 
     def _apply(self, pending: _Pending, now: float) -> None:
+        # ingest's own transaction is a savepoint inside the batch: a notification that fails
+        # is undone alone, and a rejected one keeps the journal row that says why.
         try:
-            with self._store.transaction():  # a savepoint inside the batch
-                try:
-                    pending.outcome = ingest.ingest(self._store, self._chart, self._tz,
-                                                    pending.fields, method=pending.method,
-                                                    now=now)
-                except RejectedNotification as exc:  # its journal row stays
-                    pending.error = exc
-        except Exception as exc:  # this one is rolled back; the rest of the batch goes on
+            pending.outcome = ingest.ingest(self._store, self._chart, self._tz, pending.fields,
+                                            method=pending.method, now=now)
+        except Exception as exc:  # RejectedNotification, or a bug; the batch goes on
             pending.error = exc
 
     def statistics(self) -> IntakeStatistics:

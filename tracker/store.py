@@ -11,8 +11,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -263,6 +262,45 @@ _IS_LANE_HEAD = ("NOT EXISTS (SELECT 1 FROM outbox p WHERE p.status = 'pending'"
                  " AND p.lane = o.lane AND p.id < o.id)")
 
 
+class _Transaction:
+    """``Store.transaction()``: BEGIN IMMEDIATE … COMMIT, or a savepoint when nested."""
+
+    __slots__ = ("_store", "_savepoint")
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._savepoint: str | None = None
+
+    def __enter__(self) -> None:
+        store = self._store
+        if store._depth:
+            self._savepoint = f"nested_{store._depth}"
+            store.conn.execute(f"SAVEPOINT {self._savepoint}")
+        else:
+            store.conn.execute("BEGIN IMMEDIATE")
+        store._depth += 1
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: Any) -> None:
+        store = self._store
+        conn = store.conn
+        store._depth -= 1
+        if self._savepoint is not None:
+            if kind is not None:
+                conn.execute(f"ROLLBACK TO {self._savepoint}")
+            conn.execute(f"RELEASE {self._savepoint}")
+            return
+        if kind is not None:
+            conn.execute("ROLLBACK")
+            return
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            if conn.in_transaction:  # some failed commits leave the transaction open
+                conn.execute("ROLLBACK")
+            raise
+
+
 class Store:
     """The database, with the queries tracker uses. Not thread-safe: use from one thread."""
 
@@ -305,50 +343,20 @@ class Store:
     def integrity_ok(self) -> str:
         """``"ok"`` or SQLite's description of what is broken. The full ``integrity_check``, not
         ``quick_check``: only it sees an index that disagrees with its table, the kind of damage
-        that makes de-duplication and lane order silently wrong. Retention keeps the file small
-        enough for it to take well under a second."""
+        that makes de-duplication and lane order silently wrong. It reads the whole file: see
+        ``integrity`` for when the daemon runs it before listening."""
         try:
             rows = self.conn.execute("PRAGMA integrity_check").fetchall()
         except sqlite3.DatabaseError as exc:
             return str(exc)
         return "; ".join(str(r[0]) for r in rows)
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self) -> _Transaction:
         """All writes inside commit together or not at all. Nested use is a savepoint of the
         outer one: an exception leaving it undoes its writes alone (the outer goes on if the
-        exception is caught)."""
-        if self._depth:
-            name = f"nested_{self._depth}"
-            self.conn.execute(f"SAVEPOINT {name}")
-            self._depth += 1
-            try:
-                yield
-            except BaseException:
-                self.conn.execute(f"ROLLBACK TO {name}")
-                self.conn.execute(f"RELEASE {name}")
-                raise
-            else:
-                self.conn.execute(f"RELEASE {name}")
-            finally:
-                self._depth -= 1
-            return
-        self.conn.execute("BEGIN IMMEDIATE")
-        self._depth = 1
-        try:
-            yield
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        else:
-            try:
-                self.conn.execute("COMMIT")
-            except sqlite3.Error:
-                if self.conn.in_transaction:  # some failed commits leave the transaction open
-                    self.conn.execute("ROLLBACK")
-                raise
-        finally:
-            self._depth = 0
+        exception is caught). A plain class, not ``@contextmanager``: it runs several times for
+        every notification."""
+        return _Transaction(self)
 
     # -- journal ------------------------------------------------------------------------------
 
