@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 
 import trio
 
-from tracker.checkpointer import Checkpointer
 from tests.support import open_system
+from tracker.checkpointer import Checkpointer, CheckpointerStatistics
 
 
 async def test_the_daemon_checkpoints_in_a_thread_and_not_in_its_commits(tmp_path):
@@ -29,6 +30,18 @@ async def test_the_daemon_checkpoints_in_a_thread_and_not_in_its_commits(tmp_pat
                 assert other.execute("SELECT count(*) FROM calls").fetchone()[0] == 200
 
 
+async def _run_until(checkpointer: Checkpointer,
+                     done: Callable[[CheckpointerStatistics], bool]) -> CheckpointerStatistics:
+    """Run ``checkpointer`` until its statistics satisfy ``done``; return them."""
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(checkpointer.run)
+            while not done(checkpointer.statistics()):
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    return checkpointer.statistics()
+
+
 async def test_the_checkpointer_counts_its_work(tmp_path):
     path = tmp_path / "wal.db"
     writer = sqlite3.connect(path, isolation_level=None)
@@ -36,26 +49,15 @@ async def test_the_checkpointer_counts_its_work(tmp_path):
     writer.execute("PRAGMA wal_autocheckpoint=0")
     writer.execute("CREATE TABLE t (x TEXT)")
     writer.executemany("INSERT INTO t VALUES (?)", [("y" * 1000,) for _ in range(200)])
-    checkpointer = Checkpointer(path, interval_seconds=0.01)
-    with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(checkpointer.run)
-            while checkpointer.statistics().pages_copied < 50:
-                await trio.sleep(0.01)
-            nursery.cancel_scope.cancel()
-    assert checkpointer.statistics().failures == 0
+    stats = await _run_until(Checkpointer(path, interval_seconds=0.01),
+                             lambda s: s.pages_copied >= 50)
+    assert stats.failures == 0 and stats.checkpoints >= 1
     writer.close()
 
 
 async def test_a_failing_checkpoint_is_counted_and_retried_not_fatal(tmp_path):
     path = tmp_path / "garbage.db"
     path.write_bytes(b"this is not a database" * 100)
-    checkpointer = Checkpointer(path, interval_seconds=0.01)
-    with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(checkpointer.run)
-            while checkpointer.statistics().failures < 3:
-                await trio.sleep(0.01)
-            nursery.cancel_scope.cancel()
-    stats = checkpointer.statistics()
+    stats = await _run_until(Checkpointer(path, interval_seconds=0.01),
+                             lambda s: s.failures >= 3)
     assert stats.checkpoints == 0 and "not a database" in (stats.last_error or "")

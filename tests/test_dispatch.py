@@ -2,20 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-
-from tracker.store import Store
-
-
-@pytest.fixture
-def store(tmp_path: Path):
-    store = Store(tmp_path / "dispatch.db")
-    store.migrate()
-    yield store
-    store.close()
-
 
 def test_only_lane_heads_are_due_even_when_a_later_row_is_due_first(store):
     now = 1_000_000.0

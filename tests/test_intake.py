@@ -4,19 +4,18 @@ ASGI endpoint in front of quart."""
 from __future__ import annotations
 
 import sqlite3
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 import trio
 
+from tests.support import open_system
 from tracker import statecharts
 from tracker.calls import Call
 from tracker.errors import RejectedNotification
 from tracker.intake import Intake
 from tracker.store import Store
 from tracker.templates import EVENTS
-from tests.support import open_system
 
 CHART = statecharts.load_all(statecharts.DEFAULT_DIR, Call, EVENTS)["call"]
 
@@ -26,12 +25,6 @@ def _incoming(session: int, **extra: object) -> dict[str, object]:
             "contact_phone_number": "79991234567", **extra}
 
 
-@pytest.fixture
-def store(tmp_path: Path):
-    store = Store(tmp_path / "intake.db")
-    store.migrate()
-    yield store
-    store.close()
 
 
 def _count(store: Store, sql: str) -> int:

@@ -48,7 +48,7 @@ class Size:
     journal_rows: int
 
 
-FULL = Size(seconds=15, rounds=3, connections=24, loadgens=2, popup_seconds=10, live_calls=10_000,
+FULL = Size(seconds=20, rounds=5, connections=24, loadgens=2, popup_seconds=10, live_calls=10_000,
             backlog_calls=10_000, journal_rows=1_000_000)
 QUICK = Size(seconds=1.5, rounds=1, connections=8, loadgens=1, popup_seconds=1.5, live_calls=300,
              backlog_calls=300, journal_rows=20_000)
