@@ -80,6 +80,9 @@ async def test_damage_found_in_the_background_fails_healthz_and_warns(tmp_path):
                 health = await d.client.get(f"{d.url}/healthz")
                 assert health.status_code == 503
                 assert any("database damaged" in p for p in health.json()["problems"])
+                assert health.json()["database"]["integrity"] == "damaged"
+                metrics = (await d.client.get(f"{d.url}/metrics")).text
+                assert "tracker_database_integrity_ok 0.0" in metrics
                 assert d.count("warnings", "kind = 'database_damaged'") == 1
                 # notifications are still taken: UIS would not send them again
                 ok = await d.post({"event": "incoming_call", "call_session_id": 2})

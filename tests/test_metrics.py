@@ -216,3 +216,26 @@ async def test_json_log_lines_about_a_call_carry_its_id(tmp_path, json_log: io.S
         finished = [m for m in deliveries if re.match(rf"^\w+ #{row_id} (delivered|dropped)", m)]
         assert len(finished) == 1, (row_id, deliveries)
     assert any(re.match(r"^popup #\d+ failed \(attempt 1\), retrying", m) for m in deliveries)
+
+
+async def test_group_commits_checkpoints_and_the_integrity_verdict_are_measured(tmp_path):
+    with trio.fail_after(30):
+        async with open_system(tmp_path) as d:
+            async def post(session: int) -> None:
+                response = await d.post({"event": "incoming_call", "call_session_id": session})
+                assert response.status_code == 200
+
+            async with trio.open_nursery() as nursery:
+                for session in range(1, 31):
+                    nursery.start_soon(post, session)
+            while d.ctx.checkpointer.statistics().checkpoints == 0:
+                await trio.sleep(0.05)
+            samples = await scrape(d)
+            commits = value(samples, "tracker_intake_batch_size_count")
+            assert value(samples, "tracker_intake_batch_size_sum") == 30
+            assert 1 <= commits == d.ctx.intake.statistics().batches <= 30
+            assert value(samples, "tracker_wal_checkpoints_total", outcome="ok") >= 1
+            assert value(samples, "tracker_database_integrity_ok") == 1
+            health = (await d.client.get(f"{d.url}/healthz")).json()["database"]
+            assert health["integrity"] == "ok" and health["checkpoint_failures"] == 0
+            assert health["notifications_committed"] == 30 and health["commits"] == commits

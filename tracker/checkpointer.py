@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +32,10 @@ class CheckpointerStatistics:
 class Checkpointer:
     """Runs ``PRAGMA wal_checkpoint(PASSIVE)`` off the event loop, until cancelled."""
 
-    def __init__(self, path: Path, *, interval_seconds: float = 0.5) -> None:
+    def __init__(self, path: Path, *, interval_seconds: float = 0.5,
+                 on_checkpoint: Callable[[bool], None] | None = None) -> None:
         self._path = path
+        self._on_checkpoint = on_checkpoint  # called from the thread with success or failure
         self._interval = interval_seconds
         self._checkpoints = 0
         self._pages = 0
@@ -59,10 +62,14 @@ class Checkpointer:
             if self._last_error != str(exc):
                 log.warning("WAL checkpoint failed (retrying): %s", exc)
             self._last_error = str(exc)
+            if self._on_checkpoint is not None:
+                self._on_checkpoint(False)
             return
         self._checkpoints += 1
         self._pages += max(0, copied)
         self._last_error = None
+        if self._on_checkpoint is not None:
+            self._on_checkpoint(True)
 
     def statistics(self) -> CheckpointerStatistics:
         return CheckpointerStatistics(self._checkpoints, self._pages, self._failures,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
+from .checkpointer import Checkpointer
 from .config import Settings
 from .crm import CrmClient
 from .intake import Intake
@@ -37,6 +38,7 @@ class Context:
     uis: UisClient
     intake: Intake  # the webhook's group commit
     integrity: BackgroundCheck  # the database check, when it runs after start-up
+    checkpointer: Checkpointer  # WAL checkpoints in a thread
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     metrics: Metrics = field(default_factory=Metrics)
     live: Live = field(default_factory=Live)  # change feed of the status page

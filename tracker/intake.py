@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -49,8 +49,10 @@ class Intake:
     """The webhook's way into ``ingest.ingest``; ``run_writer`` must run for batching to happen
     (without it, ``submit`` writes at once, alone)."""
 
-    def __init__(self, store: Store, chart: Chart, tz: ZoneInfo, *, max_batch: int = 200) -> None:
+    def __init__(self, store: Store, chart: Chart, tz: ZoneInfo, *, max_batch: int = 200,
+                 on_batch: Callable[[int], None] | None = None) -> None:
         self._store = store
+        self._on_batch = on_batch  # told the size of each batch written (metrics)
         self._chart = chart
         self._tz = tz
         self._max_batch = max_batch
@@ -113,6 +115,8 @@ class Intake:
         self._batches += 1
         self._notifications += len(batch)
         self._largest = max(self._largest, len(batch))
+        if self._on_batch is not None:
+            self._on_batch(len(batch))
         for pending in batch:
             pending.done.set()
 

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .context import Context
     from .store import Store
 
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 OUTBOX_STATUSES = ("pending", "retrying", "dead")
 
@@ -86,6 +87,15 @@ class Metrics:
         self.calls_in_progress = Gauge(
             "tracker_calls_in_progress", "Calls not yet ended or lost, by state", ["state"],
             registry=r)
+        self.intake_batch = Histogram(
+            "tracker_intake_batch_size", "Notifications written by one commit (group commit);"
+            " _count is the number of commits", buckets=BATCH_BUCKETS, registry=r)
+        self.checkpoints = Counter(
+            "tracker_wal_checkpoints", "WAL checkpoints run in the background, by outcome "
+            "(ok, failed)", ["outcome"], registry=r)
+        self.database_ok = Gauge(
+            "tracker_database_integrity_ok", "0 once an integrity check found the database "
+            "damaged, else 1", registry=r)
         self.start_time = Gauge(
             "tracker_start_time_seconds", "When this daemon started (Unix time)", registry=r)
 
@@ -111,15 +121,24 @@ class Metrics:
         """A delivery attempt failed (retried later, or a dead letter)."""
         self.upstream_errors.labels(action, error_kind(exc)).inc()
 
+    def observe_batch(self, size: int) -> None:
+        """One group commit of ``size`` notifications."""
+        self.intake_batch.observe(size)
+
+    def observe_checkpoint(self, ok: bool) -> None:
+        """A background WAL checkpoint ran (from its thread: prometheus_client is thread-safe)."""
+        self.checkpoints.labels("ok" if ok else "failed").inc()
+
     def observe_api(self, method: str, outcome: str) -> None:
         self.api_requests.labels(method, outcome).inc()
 
     # -- scraping -------------------------------------------------------------------------------
 
     def refresh(self, store: Store, live_states: tuple[str, ...], started_at: float,
-                now: float | None = None) -> None:
+                now: float | None = None, *, database_damaged: bool = False) -> None:
         """Read the gauges from the store (indexed queries only: cheap on a big database)."""
         now = time.time() if now is None else now
+        self.database_ok.set(0 if database_damaged else 1)
         conn = store.conn
         pending = conn.execute("SELECT count(*), min(created_at), sum(attempts > 0) FROM outbox"
                                " WHERE status = 'pending'").fetchone()
@@ -161,5 +180,6 @@ def register(app: QuartTrio, ctx: Context) -> None:
                                     content_type="application/json")
                 response.headers["WWW-Authenticate"] = "Bearer"
                 return response
-        ctx.metrics.refresh(ctx.store, live_states, ctx.lifecycle.started_at)
+        ctx.metrics.refresh(ctx.store, live_states, ctx.lifecycle.started_at,
+                            database_damaged=ctx.integrity.problem is not None)
         return Response(ctx.metrics.render(), content_type=CONTENT_TYPE_LATEST)

@@ -96,10 +96,12 @@ async def serve(
             crm = CrmClient(http, settings.crm, throttle.crm_gate(settings.ratelimit))
             uis = UisClient(http, settings.uis, throttle.uis_gate(settings.ratelimit))
             outbox = Outbox(store, settings, crm, uis)  # its Metrics are the daemon's
-            intake = Intake(store, chart, ZoneInfo(settings.crm.timezone))
+            intake = Intake(store, chart, ZoneInfo(settings.crm.timezone),
+                            on_batch=outbox.metrics.observe_batch)
+            checkpointer = Checkpointer(path, on_checkpoint=outbox.metrics.observe_checkpoint)
             ctx = Context(settings=settings, store=store, chart=chart, outbox=outbox, crm=crm,
                           metrics=outbox.metrics, uis=uis, intake=intake,
-                          integrity=background_check,
+                          integrity=background_check, checkpointer=checkpointer,
                           lifecycle=Lifecycle(started_at=time.time()))
             from .web import create_app  # quart is heavy; import it only when serving
 
@@ -112,7 +114,7 @@ async def serve(
                 await workers.start(intake.run_writer)
                 # commits on the event loop no longer wait for checkpoints: a thread does them
                 store.conn.execute("PRAGMA wal_autocheckpoint=0")
-                await workers.start(Checkpointer(path).run)
+                await workers.start(checkpointer.run)
                 await workers.start(background_check.run)
                 await workers.start(maintenance.run_retention, store, settings.retention)
                 await workers.start(ctx.live.run)

@@ -107,9 +107,27 @@ def create_app(ctx: Context) -> QuartTrio:
                 "last_error": stats.last_error,
             },
             "rate_limits": throttle.describe(ctx.crm.gate, ctx.uis.gate),
+            "database": _database_health(ctx),
         }
         return _json(body, 503 if problems else 200)
 
     page.register(app, ctx)  # GET /, /calls/<id>, /live, /login, retry of dead letters
     return app
 
+
+def _database_health(ctx: Context) -> dict[str, Any]:
+    """The integrity check's verdict, the background checkpoints and the group commits."""
+    check = ctx.integrity
+    verdict = "checking" if check.verdict is None else ("ok" if check.problem is None
+                                                       else "damaged")
+    checkpoints = ctx.checkpointer.statistics()
+    intake = ctx.intake.statistics()
+    return {
+        "integrity": verdict,
+        "checkpoints": checkpoints.checkpoints,
+        "checkpoint_failures": checkpoints.failures,
+        "last_checkpoint_error": checkpoints.last_error,
+        "commits": intake.batches,
+        "notifications_committed": intake.notifications,
+        "largest_commit": intake.largest_batch,
+    }
