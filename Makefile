@@ -25,6 +25,7 @@ $(CHROMIUM):
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
 
 test: $(STAMP) $(CHROMIUM)
+	$(PY) -m ruff check .
 	$(PY) -m pytest
 
 bench: $(STAMP)

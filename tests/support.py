@@ -27,7 +27,8 @@ ANNA, BORIS, VERA = (101, "Анна Иванова"), (102, "Борис Петр
 MAPPING = {101: (1, "101"), 102: (2, "102"), 103: (3, "103")}
 
 
-def settings_for(tmp_path: Path, uis_url: str, crm_url: str, **sections: dict[str, Any]) -> config.Settings:
+def settings_for(tmp_path: Path, uis_url: str, crm_url: str,
+                 **sections: dict[str, Any]) -> config.Settings:
     """Test settings: fast retries, a short recording wait, the three simulator employees."""
     data: dict[str, Any] = {
         "server": {"listen": "127.0.0.1:0", "public_url": "http://tracker.test"},
@@ -96,12 +97,15 @@ class Daemon:
         headers = kwargs.pop("headers", {"content-type": "application/json"})
         return await self.client.post(self.webhook, content=content, headers=headers, **kwargs)
 
-    async def play(self, scenario: Scenario, *, settle: bool = True, **kwargs: Any) -> list[httpx.Response]:
+    async def play(self, scenario: Scenario, *, settle: bool = True,
+                   **kwargs: Any) -> list[httpx.Response]:
         """Send a scenario's notifications; by default wait for the outbox after each one."""
         responses = await self.sims.uis.play(
             scenario, self.webhook, self.client, between=self.settle if settle else None, **kwargs
         )
-        assert [r.status_code for r in responses] == [200] * len(responses), [r.text for r in responses]
+        assert [r.status_code for r in responses] == [200] * len(responses), [
+            r.text for r in responses
+        ]
         return responses
 
     def crm_requests(self, endpoint: str) -> list[Any]:
@@ -120,7 +124,8 @@ class Daemon:
 
 @asynccontextmanager
 async def open_sims(**crm_kwargs: Any) -> AsyncIterator[Sims]:
-    uis = UisSimulator(UIS_TOKEN, employees=[{"id": i, "full_name": n} for i, n in (ANNA, BORIS, VERA)])
+    uis = UisSimulator(UIS_TOKEN,
+                       employees=[{"id": i, "full_name": n} for i, n in (ANNA, BORIS, VERA)])
     crm = CrmSimulator(CRM_KEY, known_codes={"101", "102", "103"}, known_user_ids={1, 2, 3},
                        **crm_kwargs)
     async with trio.open_nursery() as nursery:

@@ -12,8 +12,16 @@ from typing import Any
 import pytest
 import trio
 
-from tests.support import ANNA, CLIENT_ID, UIS_TOKEN, Daemon, open_daemon, open_sims, \
-    open_system, settings_for
+from tests.support import (
+    ANNA,
+    CLIENT_ID,
+    UIS_TOKEN,
+    Daemon,
+    open_daemon,
+    open_sims,
+    open_system,
+    settings_for,
+)
 from tracker.clicktocall import click_for_session, normalise_phone
 from tracker.simulators.scenarios import record_id
 

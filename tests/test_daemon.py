@@ -6,9 +6,18 @@ import json
 
 import trio
 
+from tests.support import (
+    ANNA,
+    BORIS,
+    CRM_KEY,
+    VERA,
+    open_daemon,
+    open_sims,
+    open_system,
+    settings_for,
+    start_time,
+)
 from tracker.simulators import scenarios
-from tests.support import ANNA, BORIS, CRM_KEY, VERA, open_daemon, open_sims, open_system, \
-    settings_for, start_time
 
 SESSION = 998677427
 

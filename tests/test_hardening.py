@@ -17,12 +17,12 @@ import trio
 
 from tests.procs import ROOT, free_port, run_cli, write_config
 from tests.support import (
-    corrupt_an_index,
     ANNA,
     CLIENT_ID,
     CRM_KEY,
     SECRET,
     UIS_TOKEN,
+    corrupt_an_index,
     open_daemon,
     open_sims,
     open_system,

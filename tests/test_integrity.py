@@ -9,9 +9,9 @@ import os
 import pytest
 import trio
 
+from tests.support import damage_an_index, open_daemon, open_sims, seed_index_rows, settings_for
 from tracker import integrity, service
 from tracker.errors import StoreError
-from tests.support import damage_an_index, open_daemon, open_sims, seed_index_rows, settings_for
 
 
 async def _run_once(settings, sims, *, seed: bool = False) -> None:
@@ -87,3 +87,23 @@ async def test_damage_found_in_the_background_fails_healthz_and_warns(tmp_path):
                 # notifications are still taken: UIS would not send them again
                 ok = await d.post({"event": "incoming_call", "call_session_id": 2})
                 assert ok.status_code == 200
+
+
+@pytest.mark.parametrize("note", ["not json", "[1, 2]", '{"database": null, "wal": null}'])
+def test_a_garbled_note_is_not_trusted_and_is_removed(tmp_path, note):
+    db = tmp_path / "tracker.db"
+    db.write_bytes(b"")
+    integrity.marker_path(db).write_text(note, encoding="utf-8")
+    assert integrity.take_clean_close_note(db) is False
+    assert not integrity.marker_path(db).exists()
+
+
+def test_the_note_matches_only_the_file_it_was_written_for(tmp_path):
+    db = tmp_path / "tracker.db"
+    db.write_bytes(b"x" * 100)
+    integrity.note_clean_close(db)
+    assert integrity.take_clean_close_note(db) is True
+    assert integrity.take_clean_close_note(db) is False  # taken: a crash now leaves none
+    integrity.note_clean_close(db)
+    db.with_name(db.name + "-wal").write_bytes(b"frames")  # another program wrote meanwhile
+    assert integrity.take_clean_close_note(db) is False

@@ -11,11 +11,22 @@ import httpx
 import pytest
 import trio
 
+from tests.support import (
+    ANNA,
+    BORIS,
+    CLIENT_ID,
+    MAPPING,
+    SECRET,
+    VERA,
+    open_daemon,
+    open_sims,
+    open_system,
+    settings_for,
+    start_time,
+)
 from tracker import config, routing
 from tracker.errors import ConfigError
 from tracker.simulators import scenarios
-from tests.support import ANNA, BORIS, CLIENT_ID, MAPPING, SECRET, VERA, open_daemon, open_sims, \
-    open_system, settings_for, start_time
 
 SESSION = 998677427
 CALLER = "79991234567"  # scenarios.DEFAULT_CONTACT: the caller of the simulator's calls

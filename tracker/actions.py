@@ -11,7 +11,6 @@ from .config import Employee, Settings
 from .phones import to_e164
 
 
-
 def crm_date(timestamp: float, tz: ZoneInfo) -> str:
     """``Y-m-d H:i:s`` in the account's time zone, as retailCRM wants its dates."""
     return datetime.fromtimestamp(timestamp, tz).strftime("%Y-%m-%d %H:%M:%S")

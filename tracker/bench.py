@@ -31,6 +31,7 @@ from .httpserve import serve_app
 from .simulators import CrmSimulator, UisSimulator
 
 SECRET = "bench-webhook-secret-0123456789"
+START_TIMEOUT_SECONDS = 30  # a daemon that does not answer /healthz by then failed to start
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -104,11 +105,11 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-async def _wait_http(url: str, timeout: float = 30) -> float:
-    """Seconds until ``url`` answers 200."""
+async def _wait_http(url: str) -> float:
+    """Seconds until ``url`` answers 200; ``trio.TooSlowError`` after START_TIMEOUT_SECONDS."""
     started = time.perf_counter()
     async with httpx.AsyncClient(timeout=2) as client:
-        with trio.fail_after(timeout):
+        with trio.fail_after(START_TIMEOUT_SECONDS):
             while True:
                 try:
                     if (await client.get(url)).status_code == 200:
@@ -277,7 +278,8 @@ async def _ingest(tmp: Path, size: Size, uis_url: str, crm: CrmSimulator,
     finally:
         crm.fault = None
         await daemon.stop()
-    ratios = [i["rps"] / c["rps"] if c["rps"] else 0.0 for c, i in zip(ceilings, ingests, strict=True)]
+    ratios = [i["rps"] / c["rps"] if c["rps"] else 0.0
+              for c, i in zip(ceilings, ingests, strict=True)]
     ingest = dict(sorted(ingests, key=lambda r: float(r["rps"]))[len(ingests) // 2])
     ingest["stored"] = stored
     ingest["requests_total"] = sum(r["requests"] for r in ingests)

@@ -15,7 +15,6 @@ from .commands import Command, Hangup, Popup, Upload
 from .events import Notification
 from .statecharts import Chart
 
-
 # The chart's final states (statecharts/call.json marks them; a test pins the two together).
 FINAL_STATES = ("ended", "lost")
 

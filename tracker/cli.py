@@ -1,4 +1,5 @@
-"""Command line: ``serve``, ``demo``, ``activate``. The environment is read here and nowhere else."""
+"""Command line: ``serve``, ``demo``, ``activate``. The environment is read here and nowhere
+else."""
 
 from __future__ import annotations
 

@@ -119,7 +119,8 @@ class ClickSettings:
 
     def our_virtual_numbers(self) -> tuple[str, ...]:
         """The extra virtual numbers as digits (``uis.virtual_phone_number`` is not included)."""
-        return tuple("".join(c for c in n if c.isdigit()) for n in _split(self.virtual_phone_numbers))
+        return tuple("".join(c for c in n if c.isdigit())
+                     for n in _split(self.virtual_phone_numbers))
 
     def busy_reasons(self) -> frozenset[str]:
         """Lower-cased; empty (never ask UIS) for ``none``: an empty setting means the default."""
@@ -566,7 +567,8 @@ def _employees(raw: Any, problems: list[str]) -> list[Employee]:
     return result
 
 
-def _check(values: dict[str, dict[str, Any]], employees: list[Employee], problems: list[str]) -> None:
+def _check(values: dict[str, dict[str, Any]], employees: list[Employee],
+           problems: list[str]) -> None:
     listen = values["server"]["listen"]
     if isinstance(listen, str):
         host, sep, port = listen.rpartition(":")
@@ -590,7 +592,8 @@ def _check(values: dict[str, dict[str, Any]], employees: list[Employee], problem
     if isinstance(secret, Secret) and "/" in secret.reveal():
         problems.append("uis.webhook_secret: must not contain '/'")
     if values["crm"]["api_version"] not in (None, "v4", "v5"):
-        problems.append(f"crm.api_version: must be 'v4' or 'v5', got {values['crm']['api_version']!r}")
+        problems.append("crm.api_version: must be 'v4' or 'v5', "
+                        f"got {values['crm']['api_version']!r}")
     tz = values["crm"]["timezone"]
     if isinstance(tz, str):
         try:

@@ -56,7 +56,8 @@ class CrmClient:
     async def post(self, endpoint: str, fields: dict[str, Any]) -> CrmAnswer:
         """POST form fields (dicts and lists are sent as JSON text) to ``endpoint``."""
         form = {
-            key: json.dumps(value, ensure_ascii=False) if isinstance(value, dict | list) else str(value)
+            key: (json.dumps(value, ensure_ascii=False) if isinstance(value, dict | list)
+                  else str(value))
             for key, value in fields.items()
         }
         request = {"method": "POST", "endpoint": endpoint, "form": fields}
@@ -89,7 +90,9 @@ class CrmClient:
         try:
             response: httpx.Response = await send()
         except httpx.TimeoutException as exc:
-            raise RetryableDelivery(f"retailCRM {endpoint}: timed out ({type(exc).__name__})") from exc
+            raise RetryableDelivery(
+                f"retailCRM {endpoint}: timed out ({type(exc).__name__})"
+            ) from exc
         except httpx.HTTPError as exc:
             raise RetryableDelivery(f"retailCRM {endpoint}: {type(exc).__name__}: {exc}") from exc
         text = response.text[:4000]

@@ -35,8 +35,10 @@ def demo_settings(listen: str, database: Path, uis_url: str, crm_url: str) -> co
             "virtual_phone_number": "74950000000",
             "record_wait_seconds": 20,
         },
-        "crm": {"url": crm_url, "api_key": "demo-crm-key", "client_id": "demo-client-id-0123456789"},
-        "employees": [{"uis_id": u, "crm_user_id": c, "code": code} for u, _, c, code in _EMPLOYEES],
+        "crm": {"url": crm_url, "api_key": "demo-crm-key",
+                "client_id": "demo-client-id-0123456789"},
+        "employees": [{"uis_id": u, "crm_user_id": c, "code": code}
+                      for u, _, c, code in _EMPLOYEES],
         # The status page opens without a key from this machine; run_demo prints one for others.
         "admin": {"allow_loopback_without_key": True},
     }, {})

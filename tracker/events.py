@@ -21,7 +21,7 @@ from .templates import EVENTS
 
 _UNREPLACED = re.compile(r"^\{\{\s*[A-Za-z_]+\s*\}\}$")
 _MAX_ID = 2**63 - 1
-_DIGITS = re.compile(r"-?[0-9]{1,20}")  # ASCII only: str.isdigit() also accepts '²' 
+_DIGITS = re.compile(r"-?[0-9]{1,20}")  # ASCII only: str.isdigit() also accepts '²'
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,8 @@ def event_name(fields: Mapping[str, Any]) -> str:
     """The ``event`` constant of a notification; raises when it is missing or not a string."""
     value = fields.get("event")
     if value is None or _absent(value):
-        raise RejectedNotification("missing: every template must carry a constant event name", "event")
+        raise RejectedNotification("missing: every template must carry a constant event name",
+                                   "event")
     if not isinstance(value, str):
         raise RejectedNotification("must be a string", "event")
     return value

@@ -109,7 +109,8 @@ def _ignore(store: Store, fields: Mapping[str, Any], name: str, method: str, bod
     return Outcome("ignored")
 
 
-def journal_rejected(store: Store, error: str, body: str, method: str, now: float | None = None) -> None:
+def journal_rejected(store: Store, error: str, body: str, method: str,
+                     now: float | None = None) -> None:
     """Keep a rejected request for diagnosis; it never reaches a call or the outbox."""
     with store.transaction():
         store.journal(

@@ -55,23 +55,33 @@ def note_clean_close(db: Path) -> None:
         return
     marker = marker_path(db)
     temporary = marker.with_name(marker.name + ".tmp")
-    fd = os.open(temporary, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as file:
-        json.dump(_fingerprint(db), file)
-    os.replace(temporary, marker)
+    try:
+        fd = os.open(temporary, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            json.dump(_fingerprint(db), file)
+        os.replace(temporary, marker)
+    except OSError as exc:  # only costs the next start its speed
+        log.warning("%s: could not note the clean stop (%s): the next start checks the "
+                    "database before listening", marker, exc)
 
 
 def take_clean_close_note(db: Path) -> bool:
-    """Whether ``db`` is exactly as the daemon left it at a clean stop. Removes the note."""
+    """Whether ``db`` is exactly as the daemon left it at a clean stop. Removes the note; a
+    note that cannot be removed is not trusted (a crash later would leave it behind)."""
     marker = marker_path(db)
     try:
         noted = json.loads(marker.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    finally:
-        marker.unlink(missing_ok=True)
+        noted = None
     try:
-        return bool(noted == _fingerprint(db) and noted["database"] is not None)
+        marker.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("%s: cannot remove (%s): checking the database before listening", marker,
+                    exc)
+        return False
+    try:
+        return bool(isinstance(noted, dict) and noted.get("database") is not None
+                    and noted == _fingerprint(db))
     except OSError:
         return False
 

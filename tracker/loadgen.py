@@ -137,7 +137,8 @@ def run(url: str, connections: int, duration: float, first_session: int,
     latencies.sort()
 
     def pct(q: float) -> float:
-        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else 0.0
+        return (latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
+                if latencies else 0.0)
 
     return {
         "requests": len(latencies),

@@ -24,9 +24,10 @@ from typing import Any
 
 import trio
 
+from .calls import FINAL_STATES
 from .config import RetentionSettings, Settings
 from .errors import StoreError
-from .store import FINAL_STATES, Store
+from .store import Store
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,8 @@ DEFAULT_DIR = Path(__file__).resolve().parent.parent / "statecharts"
 REQUIRED_STATES = ("ringing", "waiting_answer", "talking", "ended", "lost")
 _CHART_KEYS = {"name", "description", "initial", "states", "transitions"}
 _STATE_KEYS = {"name", "final", "description"}
-_TRANSITION_KEYS = {"trigger", "source", "dest", "conditions", "unless", "after", "before", "description"}
+_TRANSITION_KEYS = {"trigger", "source", "dest", "conditions", "unless", "after", "before",
+                    "description"}
 
 
 @dataclass(frozen=True)
@@ -88,10 +89,12 @@ def build(definition: dict[str, Any], model_class: type, triggers: tuple[str, ..
             problems.append(f"transition #{index}: unknown dest state {raw['dest']!r}")
         for name in _as_list(raw.get("conditions")) + _as_list(raw.get("unless")):
             if not callable(getattr(model_class, name, None)):
-                problems.append(f"transition #{index}: condition {name!r} is not a method of the model")
+                problems.append(f"transition #{index}: condition {name!r} "
+                                "is not a method of the model")
         for name in _as_list(raw.get("after")) + _as_list(raw.get("before")):
             if not callable(getattr(model_class, name, None)):
-                problems.append(f"transition #{index}: callback {name!r} is not a method of the model")
+                problems.append(f"transition #{index}: callback {name!r} "
+                                "is not a method of the model")
         for trigger in _as_list(raw.get("trigger")):
             if trigger not in triggers:
                 problems.append(f"transition #{index}: unknown trigger {trigger!r}")
@@ -102,13 +105,16 @@ def build(definition: dict[str, Any], model_class: type, triggers: tuple[str, ..
     # Total: each trigger is handled in each state by at least one unconditional transition.
     for state in states:
         for trigger in triggers:
-            options = [t for t in expanded if t["trigger"] == trigger and state in _as_list(t["source"])]
+            options = [t for t in expanded
+                       if t["trigger"] == trigger and state in _as_list(t["source"])]
             if not any(not t.get("conditions") and not t.get("unless") for t in options):
-                problems.append(f"trigger {trigger!r} is not handled unconditionally in state {state!r}")
+                problems.append(f"trigger {trigger!r} is not handled unconditionally "
+                                f"in state {state!r}")
     for state in final:
         for t in expanded:
             if state in _as_list(t["source"]) and t.get("dest") not in (None, state):
-                problems.append(f"final state {state!r} must not be left (trigger {t['trigger']!r})")
+                problems.append(f"final state {state!r} must not be left "
+                                f"(trigger {t['trigger']!r})")
     if problems:
         raise StatechartError(f"{where}: " + "; ".join(problems))
 

@@ -17,10 +17,9 @@ from typing import Any
 
 import sqlite_utils
 
-from .calls import FINAL_STATES, Call
+from .calls import Call
 from .config import Employee
 from .errors import StoreError
-
 
 
 def _migration_1(db: sqlite_utils.Database) -> None:
@@ -418,7 +417,8 @@ class Store:
         )
 
     def save_call(self, call: Call) -> None:
-        """Insert or update a call's model fields (``cards_open``/``record_url`` are the outbox's)."""
+        """Insert or update a call's model fields (``cards_open``/``record_url`` are the
+        outbox's)."""
         values = {
             "id": call.id,
             "state": call.state,
@@ -444,7 +444,8 @@ class Store:
         marks = ", ".join("?" for _ in values)
         updates = ", ".join(f"{c} = excluded.{c}" for c in values if c != "id")
         self.conn.execute(
-            f"INSERT INTO calls ({columns}) VALUES ({marks}) ON CONFLICT(id) DO UPDATE SET {updates}",
+            f"INSERT INTO calls ({columns}) VALUES ({marks}) "
+            f"ON CONFLICT(id) DO UPDATE SET {updates}",
             tuple(values.values()),
         )
 
@@ -515,7 +516,8 @@ class Store:
         return row[0] if row else None
 
     def finish_outbox(self, row_id: int, status: str, now: float, **extra: Any) -> None:
-        """Mark a row delivered, dead or dropped, keeping the request and answer for the timeline."""
+        """Mark a row delivered, dead or dropped, keeping the request and answer for the
+        timeline."""
         sets = ["status = ?", "updated_at = ?", "attempts = attempts + 1"]
         values: list[Any] = [status, now]
         for key in ("last_error", "request", "response"):
@@ -551,7 +553,8 @@ class Store:
 
     def delivered_popups(self, call_id: int) -> list[int]:
         rows = self.conn.execute(
-            "SELECT payload FROM outbox WHERE call_id = ? AND kind = 'popup' AND status = 'delivered'",
+            "SELECT payload FROM outbox "
+            "WHERE call_id = ? AND kind = 'popup' AND status = 'delivered'",
             (call_id,),
         ).fetchall()
         return [json.loads(r[0])["employee_id"] for r in rows]

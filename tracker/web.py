@@ -19,7 +19,8 @@ from .context import Context
 log = logging.getLogger(__name__)
 
 _LOGO = (
-    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 64 64"><rect width="64" height="64" rx="12"'
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 64 64">'
+    '<rect width="64" height="64" rx="12"'
     ' fill="#1d4ed8"/><path d="M20 16h8l4 10-5 3a24 24 0 0 0 8 8l3-5 10 4v8a4 4 0 0 1-4 4'
     'C28 48 16 36 16 20a4 4 0 0 1 4-4z" fill="#fff"/></svg>'
 )
