@@ -18,3 +18,13 @@ def test_bench_quick_runs_every_phase_and_prints_the_table() -> None:
                    "pop-up latency", "calls in progress", "backlog drain", "start-up with"):
         assert metric in table, table
     assert "errors: 0" in table, table
+
+
+def test_bench_runs_only_the_phases_asked_for() -> None:
+    done = subprocess.run([sys.executable, "run.py", "bench", "--quick", "--phase", "startup"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = done.stdout
+    assert "start-up with" in table and "start-up after a crash" in table, table
+    for other in ("bare ASGI ceiling", "durable ingest", "pop-up latency", "backlog drain"):
+        assert other not in table, table

@@ -115,8 +115,7 @@ def sender_refusal(scope: Any, allow: Sequence[Network],
         return None
     client = scope.get("client")
     peer = client[0] if client else None
-    chain = [value.decode("latin-1") for name, value in scope.get("headers") or []
-             if name.lower() == b"x-forwarded-for"]
+    chain = [value.decode("latin-1") for value in header_values(scope, b"x-forwarded-for")]
     if allowed(peer, chain, allow, trusted):
         return None
     # Never log the path: it holds the webhook secret.
@@ -188,14 +187,18 @@ def with_limits(asgi_app: Any, *, max_body_bytes: int, timeout_seconds: float) -
     return app
 
 
+def header_values(scope: Any, wanted: bytes) -> list[bytes]:
+    """Every value of the (lower-case) header ``wanted`` in an ASGI request, in order."""
+    return [bytes(value) for name, value in scope.get("headers") or []
+            if name.lower() == wanted]
+
+
 def _content_length(scope: dict[str, Any]) -> int | None:
-    for name, value in scope.get("headers") or []:
-        if name.lower() == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
+    values = header_values(scope, b"content-length")
+    try:
+        return int(values[0]) if values else None
+    except ValueError:
+        return None
 
 
 async def _refuse(send: Any, status: int, error: str, message: str) -> None:

@@ -518,14 +518,8 @@ class Store:
     def finish_outbox(self, row_id: int, status: str, now: float, **extra: Any) -> None:
         """Mark a row delivered, dead or dropped, keeping the request and answer for the
         timeline."""
-        sets = ["status = ?", "updated_at = ?", "attempts = attempts + 1"]
-        values: list[Any] = [status, now]
-        for key in ("last_error", "request", "response"):
-            if key in extra:
-                sets.append(f"{key} = ?")
-                values.append(extra[key])
-        values.append(row_id)
-        self.conn.execute(f"UPDATE outbox SET {', '.join(sets)} WHERE id = ?", values)
+        self._update_outbox(row_id, ["status = ?", "updated_at = ?", "attempts = attempts + 1"],
+                            [status, now], extra)
 
     def set_sent_at(self, row_id: int, at: float | None) -> None:
         """Mark (or clear, with None) an outbox row's request as sent without a known outcome."""
@@ -535,15 +529,19 @@ class Store:
     def reschedule_outbox(self, row_id: int, next_at: float, now: float, *, count_attempt: bool,
                           **extra: Any) -> None:
         sets = ["next_at = ?", "updated_at = ?"]
-        values: list[Any] = [next_at, now]
         if count_attempt:
             sets.append("attempts = attempts + 1")
+        self._update_outbox(row_id, sets, [next_at, now], extra)
+
+    def _update_outbox(self, row_id: int, sets: list[str], values: list[Any],
+                       extra: dict[str, Any]) -> None:
+        """``UPDATE`` one row: ``sets`` with their ``values``, plus whichever of the kept
+        exchange fields (last error, request, response) ``extra`` carries."""
         for key in ("last_error", "request", "response"):
             if key in extra:
-                sets.append(f"{key} = ?")
-                values.append(extra[key])
-        values.append(row_id)
-        self.conn.execute(f"UPDATE outbox SET {', '.join(sets)} WHERE id = ?", values)
+                sets = [*sets, f"{key} = ?"]
+                values = [*values, extra[key]]
+        self.conn.execute(f"UPDATE outbox SET {', '.join(sets)} WHERE id = ?", [*values, row_id])
 
     def outbox_for(self, call_id: int) -> list[dict[str, Any]]:
         rows = self.conn.execute(

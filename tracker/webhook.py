@@ -99,13 +99,6 @@ def decode_query(query: bytes) -> dict[str, Any]:
     return fields
 
 
-def _header(scope: dict[str, Any], wanted: bytes) -> bytes:
-    for name, value in scope.get("headers") or []:
-        if name.lower() == wanted:
-            return bytes(value)
-    return b""
-
-
 def with_notifications(ctx: Context, inner: Any) -> Any:
     """ASGI: answer notification requests here, hand everything else to ``inner`` (quart)."""
     secret = ctx.settings.uis.webhook_secret.reveal().encode()
@@ -128,7 +121,8 @@ def with_notifications(ctx: Context, inner: Any) -> Any:
             if method == "GET":
                 fields = decode_query(scope.get("query_string", b""))
             else:
-                mimetype = _header(scope, b"content-type").split(b";")[0].strip().lower()
+                [content_type, *_] = guard.header_values(scope, b"content-type") or [b""]
+                mimetype = content_type.split(b";")[0].strip().lower()
                 try:
                     if mimetype == b"application/x-www-form-urlencoded":
                         fields = decode_form(body)
