@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tracker.store import Store
+from tracker.db.store import Store
 
 
 @pytest.fixture

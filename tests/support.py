@@ -15,9 +15,9 @@ import httpx
 import trio
 
 from tracker import config, service
-from tracker.httpserve import serve_app
+from tracker.db.store import Store
 from tracker.simulators import CrmSimulator, Scenario, UisSimulator
-from tracker.store import Store
+from tracker.web.httpserve import serve_app
 
 SECRET = "test-webhook-secret-0123456789"
 UIS_TOKEN = "test-uis-token"
@@ -82,7 +82,7 @@ class Daemon:
     def page_headers(self) -> dict[str, str]:
         """``Authorization`` for the status page (a ``calls:read`` key, made on first use)."""
         if self._page_key is None:
-            from tracker import keys
+            from tracker.db import keys
 
             self._page_key = keys.create(self.ctx.store, "test-page", ["calls:read"])[1]
         return {"Authorization": f"Bearer {self._page_key}"}

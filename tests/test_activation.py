@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from tests.support import CLIENT_ID, CRM_KEY, Sims, open_sims, settings_for
-from tracker import activation
+from tracker.cli import activation
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = "http://tracker.test"

@@ -23,7 +23,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from tests.procs import free_port, write_config
 from tests.support import ANNA, CRM_KEY, SECRET, Sims, open_sims
-from tracker import keys
+from tracker.db import keys
 from tracker.simulators import scenarios
 
 ROOT = Path(__file__).resolve().parent.parent

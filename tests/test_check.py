@@ -10,8 +10,8 @@ import trio
 
 from tests.support import Sims, open_sims, settings_for
 from tests.test_activation import run_cli, write_config
-from tracker import activation, check
-from tracker.check import FAIL, OK, WARN, Finding
+from tracker.cli import activation, check
+from tracker.cli.check import FAIL, OK, WARN, Finding
 
 
 async def run(sims: Sims, tmp_path: Path, **sections: Any) -> tuple[int, str]:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import trio
 
 from tests.support import open_system
-from tracker.checkpointer import Checkpointer, CheckpointerStatistics
+from tracker.db.checkpointer import Checkpointer, CheckpointerStatistics
 
 
 async def test_the_daemon_checkpoints_in_a_thread_and_not_in_its_commits(tmp_path):

@@ -22,7 +22,7 @@ from tests.support import (
     open_system,
     settings_for,
 )
-from tracker.clicktocall import click_for_session, normalise_phone
+from tracker.features.clicktocall import click_for_session, normalise_phone
 from tracker.simulators.scenarios import record_id
 
 CONTACT = "79991234567"

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tracker import config, templates
+from tracker import config
+from tracker.core import catalogue
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -26,9 +27,9 @@ def test_every_documented_setting_exists() -> None:
     assert documented - known == set()
 
 
-@pytest.mark.parametrize("event", templates.EVENTS)
+@pytest.mark.parametrize("event", catalogue.EVENTS)
 def test_readme_gives_the_exact_template_for_each_event(event: str) -> None:
-    assert templates.template_body(event) in README
+    assert catalogue.template_body(event) in README
 
 
 def test_readme_gives_the_two_commands() -> None:
@@ -42,6 +43,6 @@ def test_readme_gives_the_two_commands() -> None:
 def test_the_rendered_template_is_valid_json_for_uis_values() -> None:
     import json
 
-    for event in templates.EVENTS:
-        body = templates.render(templates.template_body(event), {"call_session_id": 1})
+    for event in catalogue.EVENTS:
+        body = catalogue.render(catalogue.template_body(event), {"call_session_id": 1})
         assert json.loads(body)["event"] == event

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from tracker import events, templates
+from tracker.core import catalogue, notifications
 from tracker.errors import RejectedNotification
 
 MOSCOW = ZoneInfo("Europe/Moscow")
@@ -59,13 +59,13 @@ ABSENT_VALUE = {attr: () if attr == "employee_ids" else None for attr, _ in EXPE
 
 def json_body(event: str) -> dict[str, Any]:
     """The body UIS POSTs: the pasted template rendered with JSON literals."""
-    return json.loads(templates.render(templates.template_body(event), VALUES))
+    return json.loads(catalogue.render(catalogue.template_body(event), VALUES))
 
 
 def query_fields(event: str) -> dict[str, str]:
     """The same notification sent by GET: every value a string, arrays comma-separated."""
     fields = {"event": event}
-    for name in templates.BY_EVENT[event].variables:
+    for name in catalogue.BY_EVENT[event].variables:
         value = VALUES[name]
         fields[name] = ",".join(map(str, value)) if isinstance(value, list) else str(value)
     return fields
@@ -79,7 +79,7 @@ def fields(event: str = "waiting_answer", **overrides: Any) -> dict[str, Any]:
 
 def expected_attributes(event: str) -> dict[str, Any]:
     attrs = dict(ABSENT_VALUE)
-    for name in templates.BY_EVENT[event].variables:
+    for name in catalogue.BY_EVENT[event].variables:
         if name in EXPECTED:
             attr, value = EXPECTED[name]
             attrs[attr] = value
@@ -89,9 +89,9 @@ def expected_attributes(event: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("transport", [json_body, query_fields], ids=["json", "get"])
-@pytest.mark.parametrize("event", templates.EVENTS)
+@pytest.mark.parametrize("event", catalogue.EVENTS)
 def test_every_event_parses_with_its_template_variables(event: str, transport: Any) -> None:
-    notification = events.parse(transport(event), MOSCOW)
+    notification = notifications.parse(transport(event), MOSCOW)
 
     assert notification.event == event
     assert notification.session_id == 998677427
@@ -102,7 +102,7 @@ def test_every_event_parses_with_its_template_variables(event: str, transport: A
 
 def test_parse_covers_every_event_in_the_catalogue() -> None:
     # The table above is the whole catalogue: a new event must come with its own parse case.
-    assert set(templates.EVENTS) == {
+    assert set(catalogue.EVENTS) == {
         "incoming_call", "waiting_answer", "talk_started", "talk_finished",
         "call_finished", "lost_call", "outgoing_call", "call_recorded",
     }
@@ -123,19 +123,19 @@ INT_FIELDS = [
 )
 @pytest.mark.parametrize(("name", "attr"), INT_FIELDS)
 def test_integers_come_as_json_ints_or_digit_strings(name: str, attr: str, raw: Any) -> None:
-    notification = events.parse(fields(**{name: raw}), MOSCOW)
+    notification = notifications.parse(fields(**{name: raw}), MOSCOW)
     value = getattr(notification, attr)
     assert value == 42 and type(value) is int
 
 
 @pytest.mark.parametrize("raw", [998677427, "998677427"], ids=["json-int", "get-digits"])
 def test_session_id_comes_as_int_or_digit_string(raw: Any) -> None:
-    assert events.parse(fields(call_session_id=raw), MOSCOW).session_id == 998677427
+    assert notifications.parse(fields(call_session_id=raw), MOSCOW).session_id == 998677427
 
 
 @pytest.mark.parametrize("raw", [0, 2**63 - 1, str(2**63 - 1)], ids=["zero", "max", "max-text"])
 def test_session_id_accepts_the_whole_int64_range(raw: Any) -> None:
-    assert events.parse(fields(call_session_id=raw), MOSCOW).session_id == int(raw)
+    assert notifications.parse(fields(call_session_id=raw), MOSCOW).session_id == int(raw)
 
 
 ABSENT_FORMS = [
@@ -160,19 +160,19 @@ def absent(form: Any, name: str) -> Any:
 @pytest.mark.parametrize("form", ABSENT_FORMS)
 @pytest.mark.parametrize(("name", "attr"), [(v, a) for v, (a, _) in EXPECTED.items()])
 def test_absent_value_in_any_form_reads_as_absent(name: str, attr: str, form: Any) -> None:
-    notification = events.parse(fields(**{name: absent(form, name)}), MOSCOW)
+    notification = notifications.parse(fields(**{name: absent(form, name)}), MOSCOW)
     assert getattr(notification, attr) == ABSENT_VALUE[attr]
 
 
 @pytest.mark.parametrize("form", ABSENT_FORMS)
 def test_absent_session_id_is_rejected(form: Any) -> None:
     with pytest.raises(RejectedNotification) as info:
-        events.parse(fields(call_session_id=absent(form, "call_session_id")), MOSCOW)
+        notifications.parse(fields(call_session_id=absent(form, "call_session_id")), MOSCOW)
     assert info.value.field == "call_session_id"
 
 
 def test_a_missing_variable_reads_as_absent() -> None:
-    notification = events.parse({"event": "call_finished", "call_session_id": 1}, MOSCOW)
+    notification = notifications.parse({"event": "call_finished", "call_session_id": 1}, MOSCOW)
     assert {attr: getattr(notification, attr) for attr in ABSENT_VALUE} == ABSENT_VALUE
 
 
@@ -195,7 +195,7 @@ def test_a_missing_variable_reads_as_absent() -> None:
     ],
 )
 def test_employee_ids_forms(raw: Any, expected: tuple[int, ...]) -> None:
-    notification = events.parse(fields("lost_call", employee_ids=raw), MOSCOW)
+    notification = notifications.parse(fields("lost_call", employee_ids=raw), MOSCOW)
     assert notification.employee_ids == expected
 
 
@@ -221,7 +221,7 @@ def test_employee_ids_forms(raw: Any, expected: tuple[int, ...]) -> None:
     ],
 )
 def test_direction_is_normalised(event: str, raw: str | None, expected: str | None) -> None:
-    notification = events.parse(fields(event, direction=raw), MOSCOW)
+    notification = notifications.parse(fields(event, direction=raw), MOSCOW)
     assert notification.direction == expected
 
 
@@ -247,7 +247,7 @@ def test_direction_is_normalised(event: str, raw: str | None, expected: str | No
     ],
 )
 def test_notification_time_is_read_in_the_account_zone(zone: str, text: str, utc: datetime) -> None:
-    notification = events.parse(fields(notification_time=text), ZoneInfo(zone))
+    notification = notifications.parse(fields(notification_time=text), ZoneInfo(zone))
     assert notification.at == pytest.approx(utc.timestamp(), abs=1e-6)
 
 
@@ -297,20 +297,20 @@ REJECTIONS = [
 @pytest.mark.parametrize(("overrides", "field"), REJECTIONS)
 def test_bad_field_is_rejected_and_named(overrides: dict[str, Any], field: str) -> None:
     with pytest.raises(RejectedNotification) as info:
-        events.parse(fields(**overrides), MOSCOW)
+        notifications.parse(fields(**overrides), MOSCOW)
     assert info.value.field == field
     assert str(info.value).startswith(f"{field}: ")
 
 
 def test_missing_event_is_rejected() -> None:
     with pytest.raises(RejectedNotification) as info:
-        events.parse({"call_session_id": 1}, MOSCOW)
+        notifications.parse({"call_session_id": 1}, MOSCOW)
     assert info.value.field == "event"
 
 
 def test_missing_session_id_is_rejected() -> None:
     with pytest.raises(RejectedNotification) as info:
-        events.parse({"event": "incoming_call"}, MOSCOW)
+        notifications.parse({"event": "incoming_call"}, MOSCOW)
     assert info.value.field == "call_session_id"
 
 
@@ -327,24 +327,24 @@ def test_missing_session_id_is_rejected() -> None:
 def test_integer_text_int_refuses_is_rejected_not_crashing(overrides: dict[str, Any]) -> None:
     field = next(iter(overrides))
     with pytest.raises(RejectedNotification) as info:
-        events.parse(fields(**overrides), MOSCOW)
+        notifications.parse(fields(**overrides), MOSCOW)
     assert info.value.field == field
 
 
-@pytest.mark.parametrize("event", templates.EVENTS)
+@pytest.mark.parametrize("event", catalogue.EVENTS)
 def test_event_name_and_is_known_event_for_the_catalogue(event: str) -> None:
-    assert events.event_name({"event": event}) == event
-    assert events.is_known_event(event)
+    assert notifications.event_name({"event": event}) == event
+    assert notifications.is_known_event(event)
 
 
 @pytest.mark.parametrize("name", ["fax_received", "", "Incoming_Call", "incoming_call ", "event"])
 def test_other_names_are_not_known_events(name: str) -> None:
-    assert not events.is_known_event(name)
+    assert not notifications.is_known_event(name)
 
 
 def test_event_name_returns_an_unknown_name_for_the_caller_to_ignore() -> None:
     # Unknown events are answered 200 and ignored, so event_name itself must not refuse them.
-    assert events.event_name({"event": "fax_received"}) == "fax_received"
+    assert notifications.event_name({"event": "fax_received"}) == "fax_received"
 
 
 @pytest.mark.parametrize(
@@ -354,7 +354,7 @@ def test_event_name_returns_an_unknown_name_for_the_caller_to_ignore() -> None:
 )
 def test_event_name_refuses_missing_or_non_string(data: dict[str, Any]) -> None:
     with pytest.raises(RejectedNotification) as info:
-        events.event_name(data)
+        notifications.event_name(data)
     assert info.value.field == "event"
 
 
@@ -364,8 +364,9 @@ SAMPLE = json_body("call_finished")
 def test_dedupe_key_ignores_key_order() -> None:
     reordered = dict(reversed(list(SAMPLE.items())))
     assert list(reordered) != list(SAMPLE)
-    assert events.dedupe_key(reordered) == events.dedupe_key(SAMPLE)
-    assert events.dedupe_key(json.loads(json.dumps(SAMPLE))) == events.dedupe_key(SAMPLE)
+    assert notifications.dedupe_key(reordered) == notifications.dedupe_key(SAMPLE)
+    assert (notifications.dedupe_key(json.loads(json.dumps(SAMPLE)))
+            == notifications.dedupe_key(SAMPLE))
 
 
 def changed(value: Any) -> Any:
@@ -381,7 +382,7 @@ def changed(value: Any) -> Any:
 @pytest.mark.parametrize("key", list(SAMPLE))
 def test_dedupe_key_differs_when_any_value_differs(key: str) -> None:
     other = {**SAMPLE, key: changed(SAMPLE[key])}
-    assert events.dedupe_key(other) != events.dedupe_key(SAMPLE)
+    assert notifications.dedupe_key(other) != notifications.dedupe_key(SAMPLE)
 
 
 @pytest.mark.parametrize(
@@ -397,10 +398,10 @@ def test_dedupe_key_differs_when_any_value_differs(key: str) -> None:
     ids=["int-vs-text", "int-vs-float", "null-vs-missing", "bool-vs-int", "extra-key", "unicode"],
 )
 def test_dedupe_key_tells_apart_near_misses(a: dict[str, Any], b: dict[str, Any]) -> None:
-    assert events.dedupe_key(a) != events.dedupe_key(b)
+    assert notifications.dedupe_key(a) != notifications.dedupe_key(b)
 
 
 def test_parsed_notification_carries_the_dedupe_key_of_its_fields() -> None:
-    notification = events.parse(SAMPLE, MOSCOW)
-    assert notification.dedupe_key == events.dedupe_key(SAMPLE)
+    notification = notifications.parse(SAMPLE, MOSCOW)
+    assert notification.dedupe_key == notifications.dedupe_key(SAMPLE)
     assert len(notification.dedupe_key) == 64

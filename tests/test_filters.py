@@ -11,11 +11,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tracker import api, filters
+from tracker.core import querylang
+from tracker.db.store import Store
 from tracker.errors import ApiError
-from tracker.store import Store
+from tracker.web import api
 
-LIMITS = filters.Limits()
+LIMITS = querylang.Limits()
 
 # id, state, direction, contact_phone, contact_name, started_at, talked, talk_seconds, rang
 ROWS = [
@@ -40,12 +41,12 @@ def store(tmp_path: Path) -> Store:
     return store
 
 
-def run(store: Store, params: dict[str, Any], table: filters.Table = api.CALLS
+def run(store: Store, params: dict[str, Any], table: querylang.Table = api.CALLS
         ) -> tuple[list[dict[str, Any]], int]:
-    query = filters.compile_select(table, params, LIMITS)
+    query = querylang.compile_select(table, params, LIMITS)
     rows = store.conn.execute(query.sql, query.args).fetchall()
     total = store.conn.execute(query.count_sql, query.count_args).fetchone()[0]
-    return [filters.decode_row(tuple(r), query.fields) for r in rows], total
+    return [querylang.decode_row(tuple(r), query.fields) for r in rows], total
 
 
 def ids_of(store: Store, params: dict[str, Any]) -> list[int]:
@@ -156,7 +157,7 @@ def test_nulls_mean_not_given(store: Store) -> None:
 
 
 def test_default_limit_applies(store: Store) -> None:
-    query = filters.compile_select(api.CALLS, {}, filters.Limits(default_limit=2))
+    query = querylang.compile_select(api.CALLS, {}, querylang.Limits(default_limit=2))
     assert len(store.conn.execute(query.sql, query.args).fetchall()) == 2
 
 
@@ -236,14 +237,14 @@ for _ in range(LIMITS.max_depth):
 def test_refusals_name_the_mnemonic_and_the_field(params: dict[str, Any], mnemonic: str,
                                                   field: str) -> None:
     with pytest.raises(ApiError) as caught:
-        filters.compile_select(api.CALLS, params, LIMITS)
+        querylang.compile_select(api.CALLS, params, LIMITS)
     assert (caught.value.code, caught.value.mnemonic, caught.value.field) == (-32602, mnemonic,
                                                                             field)
 
 
 def test_long_values_are_cut_in_errors() -> None:
     with pytest.raises(ApiError) as caught:
-        filters.compile_select(api.CALLS, {"filter": cond("x" * 5000, "=", 1)}, LIMITS)
+        querylang.compile_select(api.CALLS, {"filter": cond("x" * 5000, "=", 1)}, LIMITS)
     assert len(caught.value.value) < 300
 
 
@@ -256,7 +257,7 @@ _TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|'\\'|\S")
 _ALLOWED_SYMBOLS = set("()?,*=<>!") | {"'\\'"}
 
 _names = st.sampled_from([c.name for c in api.CALLS.columns]) | st.text(max_size=30)
-_operators = st.sampled_from(list(filters.OPERATORS)) | st.text(max_size=10)
+_operators = st.sampled_from(list(querylang.OPERATORS)) | st.text(max_size=10)
 _scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30)
 _values = _scalars | st.lists(_scalars, max_size=4)
 _conditions = st.fixed_dictionaries({"field": _names, "operator": _operators},
@@ -279,7 +280,7 @@ _params = st.fixed_dictionaries({}, optional={
 @given(_params)
 def test_compiled_sql_holds_only_allow_listed_words(params: dict[str, Any]) -> None:
     try:
-        query = filters.compile_select(api.CALLS, params, LIMITS)
+        query = querylang.compile_select(api.CALLS, params, LIMITS)
     except ApiError as exc:
         assert exc.code == -32602
         json.dumps({"field": exc.field, "value": exc.value})  # the error is always serialisable
@@ -292,8 +293,8 @@ def test_compiled_sql_holds_only_allow_listed_words(params: dict[str, Any]) -> N
 
 def test_table_definitions_refuse_unsafe_names() -> None:
     with pytest.raises(ValueError):
-        filters.Column("id; DROP TABLE calls", "int")
+        querylang.Column("id; DROP TABLE calls", "int")
     with pytest.raises(ValueError):
-        filters.Table("calls where 1", (filters.Column("id", "int"),))
+        querylang.Table("calls where 1", (querylang.Column("id", "int"),))
     with pytest.raises(ValueError):
-        filters.Column("payload", "json")  # JSON text cannot be filtered
+        querylang.Column("payload", "json")  # JSON text cannot be filtered

@@ -34,9 +34,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.support import CLIENT_ID, SECRET, open_daemon, open_sims, settings_for, start_time
-from tracker import keys
+from tracker.core.catalogue import EVENTS
+from tracker.db import keys
 from tracker.simulators import scenarios
-from tracker.templates import EVENTS
 
 MAX_BODY = 16384  # room for a number of over 4300 digits, past CPython's int parsing limit
 FUZZ = settings(max_examples=60, deadline=None, database=None,
@@ -388,8 +388,8 @@ def test_admin_api_survives_raw_bytes(running, client, db, body):
 def _routes(running: Running) -> list[tuple[str, str]]:
     """Every route of the daemon's app and its methods, with path variables filled in: quart's
     rules, and the notification endpoint answered in front of quart (with a method it refuses)."""
-    from tracker import webhook
-    from tracker.web import create_app
+    from tracker.web import webhook
+    from tracker.web.app import create_app
 
     app = running.in_daemon(lambda: create_app(running.ctx))
     found = [(method, webhook.PREFIX + SECRET) for method in (*webhook.METHODS, "PUT")]

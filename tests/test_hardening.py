@@ -29,13 +29,14 @@ from tests.support import (
     settings_for,
     start_time,
 )
-from tracker import guard, maintenance
-from tracker.calls import Call
 from tracker.config import RetentionSettings
-from tracker.httpserve import serve_app
-from tracker.outbox import EXTERNAL_CHECK_SECONDS
+from tracker.core.calls import Call
+from tracker.db import maintenance
+from tracker.db.store import Store
+from tracker.delivery.outbox import EXTERNAL_CHECK_SECONDS
 from tracker.simulators import scenarios
-from tracker.store import Store
+from tracker.web import guard
+from tracker.web.httpserve import serve_app
 
 SESSION = 555_000_001
 
@@ -70,7 +71,8 @@ def test_the_secret_scan_sees_a_plain_comparison():
     assert plain_secret_comparisons("hmac.compare_digest(a, s.key.reveal().encode())") == []
 
 
-@pytest.mark.parametrize("module", sorted(p.name for p in (ROOT / "tracker").glob("*.py")))
+@pytest.mark.parametrize("module", sorted(str(p.relative_to(ROOT / "tracker"))
+                                           for p in (ROOT / "tracker").glob("**/*.py")))
 def test_secrets_are_only_compared_in_constant_time(module):
     source = (ROOT / "tracker" / module).read_text(encoding="utf-8")
     assert plain_secret_comparisons(source) == [], \

@@ -1,5 +1,5 @@
-"""Group commit of notifications (tracker/intake.py) on a real SQLite file, and the webhook's own
-ASGI endpoint in front of quart."""
+"""Group commit of notifications (tracker/intake/batcher.py) on a real SQLite file, and the
+webhook's own ASGI endpoint in front of quart."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import pytest
 import trio
 
 from tests.support import open_system
-from tracker import statecharts
-from tracker.calls import Call
+from tracker.core import statecharts
+from tracker.core.calls import Call
+from tracker.core.catalogue import EVENTS
+from tracker.db.store import Store
 from tracker.errors import RejectedNotification
-from tracker.intake import Intake
-from tracker.store import Store
-from tracker.templates import EVENTS
+from tracker.intake.batcher import Intake
 
 CHART = statecharts.load_all(statecharts.DEFAULT_DIR, Call, EVENTS)["call"]
 

@@ -1,5 +1,5 @@
 """The database check: before start-up unless the daemon itself closed the file cleanly and
-nobody touched it since; then in a thread while the daemon serves (tracker/integrity.py)."""
+nobody touched it since; then in a thread while the daemon serves (tracker/db/integrity.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 import trio
 
 from tests.support import damage_an_index, open_daemon, open_sims, seed_index_rows, settings_for
-from tracker import integrity, service
+from tracker import service
+from tracker.db import integrity
 from tracker.errors import StoreError
 
 

@@ -13,9 +13,10 @@ import pytest
 import trio
 
 from tests.support import open_daemon, open_sims, settings_for
-from tracker import cli, keys
+from tracker.cli import main as cli
+from tracker.db import keys
+from tracker.db.store import Store
 from tracker.errors import KeyProblem
-from tracker.store import Store
 
 CONFIG = """\
 [server]

@@ -15,7 +15,8 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import ANNA, BORIS, CRM_KEY, Daemon, open_system, start_time
-from tracker import keys, logs
+from tracker import logs
+from tracker.db import keys
 from tracker.errors import PermanentDelivery, RetryableDelivery
 from tracker.metrics import error_kind
 from tracker.simulators import scenarios
@@ -199,7 +200,8 @@ async def test_json_log_lines_about_a_call_carry_its_id(tmp_path, json_log: io.S
             call_of_row = {row["id"]: row["call_id"] for row in d.ctx.store.conn.execute(
                 "SELECT id, call_id FROM outbox")}
     lines: list[dict[str, Any]] = [json.loads(line) for line in json_log.getvalue().splitlines()]
-    about_calls = [line for line in lines if line["logger"] in ("tracker.ingest", "tracker.outbox")]
+    about_calls = [line for line in lines if line["logger"] in (
+        "tracker.intake.ingest", "tracker.delivery.outbox")]
     assert about_calls
     for line in about_calls:  # "call 998677427: ringing -> …" or "popup #3 delivered"
         found = re.search(r"^call (\d+):|^\w+ #(\d+)", line["message"])
@@ -211,7 +213,8 @@ async def test_json_log_lines_about_a_call_carry_its_id(tmp_path, json_log: io.S
             for line in transitions] == [
         (SESSION, "ringing -> waiting_answer"), (SESSION, "waiting_answer -> talking"),
         (SESSION, "talking -> ended"), (OTHER, "ringing -> lost")]
-    deliveries = [line["message"] for line in about_calls if line["logger"] == "tracker.outbox"]
+    deliveries = [line["message"] for line in about_calls
+                  if line["logger"] == "tracker.delivery.outbox"]
     for row_id in call_of_row:  # one line when each action finished, whatever became of it
         finished = [m for m in deliveries if re.match(rf"^\w+ #{row_id} (delivered|dropped)", m)]
         assert len(finished) == 1, (row_id, deliveries)

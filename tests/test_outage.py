@@ -13,8 +13,8 @@ import trio
 
 from tests.delivery import Interruption, Stream, check_contract, doubtful_popups
 from tests.support import CRM_KEY, UIS_TOKEN, Sims, open_daemon, settings_for
-from tracker.httpserve import serve_app
 from tracker.simulators import CrmSimulator, RestartableServer, UisSimulator
+from tracker.web.httpserve import serve_app
 
 # (stretch, what the daemon's last error says during it)
 STRETCHES = [

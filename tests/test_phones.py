@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tracker import phones
+from tracker.core import phones
 
 # (raw, region, E.164 or passthrough, UIS digits)
 CASES = [

@@ -7,10 +7,10 @@ import pytest
 import trio
 
 from tests.support import ANNA, open_daemon, open_sims, settings_for, start_time
+from tracker.clients.throttle import Gate, priority_var
+from tracker.core.ratelimit import Limiter, Rule, limit_exceeded_wait
 from tracker.errors import RetryableDelivery
-from tracker.ratelimit import Limiter, Rule, limit_exceeded_wait
 from tracker.simulators import scenarios
-from tracker.throttle import Gate, priority_var
 
 
 def crm_limiter(**kwargs) -> Limiter:

@@ -11,16 +11,18 @@ import pytest
 import trio
 
 from tests.support import ANNA, BORIS, VERA, open_daemon, open_sims, open_system, settings_for
-from tracker import cli, reconcile, synthesis
-from tracker.calls import Call
+from tracker.cli import main as cli
+from tracker.clients.uis import UisClient
+from tracker.core import synthesis
+from tracker.core.calls import Call
+from tracker.core.catalogue import EVENTS
+from tracker.core.statecharts import DEFAULT_DIR, load_all
 from tracker.errors import DeliveryError
-from tracker.reconcile import Reconciler, Tally
+from tracker.features import reconcile
+from tracker.features.reconcile import Reconciler, Tally
 from tracker.service import open_store
 from tracker.simulators import scenarios
 from tracker.simulators.jsonrpc import _months_later
-from tracker.statecharts import DEFAULT_DIR, load_all
-from tracker.templates import EVENTS
-from tracker.uis import UisClient
 
 BASE = {
     "sweeper": {"enabled": False},

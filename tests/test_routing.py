@@ -24,8 +24,9 @@ from tests.support import (
     settings_for,
     start_time,
 )
-from tracker import config, routing
+from tracker import config
 from tracker.errors import ConfigError
+from tracker.features import routing
 from tracker.simulators import scenarios
 
 SESSION = 998677427

@@ -14,9 +14,9 @@ import trio
 from quart import request
 from quart_trio import QuartTrio
 
+from tracker.core.catalogue import BY_EVENT
 from tracker.simulators import CrmSimulator, RestartableServer, UisSimulator, open_server
 from tracker.simulators import scenarios as sc
-from tracker.templates import BY_EVENT
 
 START = datetime(2024, 5, 17, 14, 3, 27)
 ANNA, BORIS, VERA = (101, "Анна Иванова"), (102, "Борис Петров"), (103, "Вера Смирнова")

@@ -9,8 +9,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from tracker import calls, events, statecharts, templates
-from tracker.commands import Command, Hangup, Popup, Upload
+from tracker.core import calls, catalogue, notifications, statecharts
+from tracker.core.commands import Command, Hangup, Popup, Upload
 from tracker.errors import StatechartError
 
 MOSCOW = ZoneInfo("Europe/Moscow")
@@ -24,19 +24,19 @@ def chart_definition() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def chart() -> statecharts.Chart:
-    return statecharts.load_all(statecharts.DEFAULT_DIR, calls.Call, templates.EVENTS)["call"]
+    return statecharts.load_all(statecharts.DEFAULT_DIR, calls.Call, catalogue.EVENTS)["call"]
 
 
 # -- the charts on disk ------------------------------------------------------------------------
 
 
 def test_every_chart_on_disk_loads() -> None:
-    charts = statecharts.load_all(statecharts.DEFAULT_DIR, calls.Call, templates.EVENTS)
+    charts = statecharts.load_all(statecharts.DEFAULT_DIR, calls.Call, catalogue.EVENTS)
     assert "call" in charts
     assert len(charts) == len(list(statecharts.DEFAULT_DIR.glob("*.json")))
     for chart in charts.values():
         assert set(statecharts.REQUIRED_STATES) <= set(chart.states)
-        assert chart.triggers == templates.EVENTS
+        assert chart.triggers == catalogue.EVENTS
 
 
 def test_call_chart_shape(chart: statecharts.Chart) -> None:
@@ -160,7 +160,7 @@ BROKEN = [
 
 def test_the_unbroken_definition_builds() -> None:
     # The baseline every BROKEN case starts from, so each failure below is the mutation's.
-    chart = statecharts.build(chart_definition(), calls.Call, templates.EVENTS)
+    chart = statecharts.build(chart_definition(), calls.Call, catalogue.EVENTS)
     assert chart.name == "call"
 
 
@@ -169,13 +169,13 @@ def test_build_rejects_a_broken_chart(breaks: Any, message: str) -> None:
     definition = chart_definition()
     breaks(definition)
     with pytest.raises(StatechartError) as info:
-        statecharts.build(definition, calls.Call, templates.EVENTS)
+        statecharts.build(definition, calls.Call, catalogue.EVENTS)
     assert message in str(info.value)
 
 
 def test_build_rejects_an_event_the_chart_does_not_handle() -> None:
     with pytest.raises(StatechartError) as info:
-        statecharts.build(chart_definition(), calls.Call, (*templates.EVENTS, "call_parked"))
+        statecharts.build(chart_definition(), calls.Call, (*catalogue.EVENTS, "call_parked"))
     expected = "trigger 'call_parked' is not handled unconditionally in state 'ringing'"
     assert expected in str(info.value)
 
@@ -183,7 +183,7 @@ def test_build_rejects_an_event_the_chart_does_not_handle() -> None:
 def test_build_rejects_a_chart_without_states() -> None:
     with pytest.raises(StatechartError, match="'states' must be a non-empty list"):
         statecharts.build(
-            {"name": "x", "states": [], "transitions": []}, calls.Call, templates.EVENTS
+            {"name": "x", "states": [], "transitions": []}, calls.Call, catalogue.EVENTS
         )
 
 
@@ -192,7 +192,7 @@ def test_load_names_the_file_of_a_broken_chart(tmp_path: Path) -> None:
     unknown_callback(definition)
     (tmp_path / "broken.json").write_text(json.dumps(definition), encoding="utf-8")
     with pytest.raises(StatechartError, match=r"^broken\.json: .*ring_the_bell"):
-        statecharts.load_all(tmp_path, calls.Call, templates.EVENTS)
+        statecharts.load_all(tmp_path, calls.Call, catalogue.EVENTS)
 
 
 @pytest.mark.parametrize(
@@ -204,49 +204,49 @@ def test_load_rejects_an_unreadable_file(tmp_path: Path, content: str, message: 
     path = tmp_path / "call.json"
     path.write_text(content, encoding="utf-8")
     with pytest.raises(StatechartError, match=message):
-        statecharts.load(path, calls.Call, templates.EVENTS)
+        statecharts.load(path, calls.Call, catalogue.EVENTS)
 
 
 def test_load_all_rejects_an_empty_directory(tmp_path: Path) -> None:
     with pytest.raises(StatechartError, match="no statechart found"):
-        statecharts.load_all(tmp_path, calls.Call, templates.EVENTS)
+        statecharts.load_all(tmp_path, calls.Call, catalogue.EVENTS)
 
 
 def test_load_all_rejects_two_charts_with_one_name(tmp_path: Path) -> None:
     for name in ("a.json", "b.json"):
         (tmp_path / name).write_text(CALL_JSON.read_text(encoding="utf-8"), encoding="utf-8")
     with pytest.raises(StatechartError, match="used twice"):
-        statecharts.load_all(tmp_path, calls.Call, templates.EVENTS)
+        statecharts.load_all(tmp_path, calls.Call, catalogue.EVENTS)
 
 
 # -- the call chart over notification sequences ------------------------------------------------
 
 
-def note(event: str, **fields: Any) -> events.Notification:
+def note(event: str, **fields: Any) -> notifications.Notification:
     """A notification as the webhook would parse it (always call session 1)."""
-    return events.parse({"event": event, "call_session_id": 1, **fields}, MOSCOW)
+    return notifications.parse({"event": event, "call_session_id": 1, **fields}, MOSCOW)
 
 
-Step = tuple[events.Notification, list[Command]]
+Step = tuple[notifications.Notification, list[Command]]
 
 INCOMING = note(
     "incoming_call", contact_phone_number="79508418541", virtual_phone_number="74950000000"
 )
 
 
-def waiting(employee: int) -> events.Notification:
+def waiting(employee: int) -> notifications.Notification:
     return note("waiting_answer", direction="in", employee_id=employee)
 
 
-def talk_started(employee: int) -> events.Notification:
+def talk_started(employee: int) -> notifications.Notification:
     return note("talk_started", direction="in", employee_id=employee)
 
 
-def talk_finished(employee: int, seconds: int) -> events.Notification:
+def talk_finished(employee: int, seconds: int) -> notifications.Notification:
     return note("talk_finished", employee_id=employee, talk_time_duration=seconds)
 
 
-def call_finished(talk: int, **fields: Any) -> events.Notification:
+def call_finished(talk: int, **fields: Any) -> notifications.Notification:
     return note(
         "call_finished",
         direction="in",
@@ -257,7 +257,7 @@ def call_finished(talk: int, **fields: Any) -> events.Notification:
     )
 
 
-def lost(*employees: int) -> events.Notification:
+def lost(*employees: int) -> notifications.Notification:
     return note("lost_call", direction="in", employee_ids=list(employees), wait_time_duration=40)
 
 
@@ -511,11 +511,11 @@ LATE = {
 
 
 def test_late_table_covers_every_event() -> None:
-    assert set(LATE) == set(templates.EVENTS)
+    assert set(LATE) == set(catalogue.EVENTS)
 
 
 @pytest.mark.parametrize("final", sorted(TO_FINAL))
-@pytest.mark.parametrize("event", templates.EVENTS)
+@pytest.mark.parametrize("event", catalogue.EVENTS)
 def test_every_event_in_a_final_state_yields_no_command(
     chart: statecharts.Chart, final: str, event: str
 ) -> None:

@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from tests.support import ANNA, BORIS, CRM_KEY, VERA, Daemon, open_system, start_time
-from tracker import keys, pagedata
+from tracker.db import keys, pagedata
 from tracker.live import Live
 from tracker.simulators import scenarios
 

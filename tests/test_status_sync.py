@@ -10,7 +10,7 @@ import trio
 
 from tests.support import ANNA, BORIS, CLIENT_ID, UIS_TOKEN, Daemon, open_system
 from tracker import config
-from tracker.status_sync import crm_status_for, observed_state, target_state
+from tracker.features.status_sync import crm_status_for, observed_state, target_state
 
 DIRECTIONS = ("in_external_allowed_call_directions", "in_internal_allowed_call_directions")
 

@@ -9,9 +9,10 @@ import pytest
 import trio
 
 from tests.support import ANNA, BORIS, VERA, open_system, start_time
-from tracker import ingest, synthesis
+from tracker.core import synthesis
+from tracker.features.sweeper import Sweeper
+from tracker.intake import ingest
 from tracker.simulators import Scenario, scenarios
-from tracker.sweeper import Sweeper
 
 SESSION = 998677427
 OTHER = 998677428

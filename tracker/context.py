@@ -5,17 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
-from .checkpointer import Checkpointer
-from .config import Settings
-from .crm import CrmClient
-from .intake import Intake
-from .integrity import BackgroundCheck
-from .live import Live
-from .metrics import Metrics
-from .outbox import Outbox
-from .statecharts import Chart
-from .store import Store
-from .uis import UisClient
+from tracker.clients.crm import CrmClient
+from tracker.clients.uis import UisClient
+from tracker.config import Settings
+from tracker.core.statecharts import Chart
+from tracker.db.checkpointer import Checkpointer
+from tracker.db.integrity import BackgroundCheck
+from tracker.db.store import Store
+from tracker.delivery.outbox import Outbox
+from tracker.intake.batcher import Intake
+from tracker.live import Live
+from tracker.metrics import Metrics
 
 
 @dataclass

@@ -22,14 +22,14 @@ from prometheus_client import (
     generate_latest,
 )
 
-from .errors import PermanentDelivery, RetryableDelivery
-from .templates import EVENTS
+from tracker.core.catalogue import EVENTS
+from tracker.errors import PermanentDelivery, RetryableDelivery
 
 if TYPE_CHECKING:
     from quart_trio import QuartTrio
 
-    from .context import Context
-    from .store import Store
+    from tracker.context import Context
+    from tracker.db.store import Store
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
@@ -163,7 +163,7 @@ def register(app: QuartTrio, ctx: Context) -> None:
     """Add ``GET /metrics``; with ``admin.metrics_require_key`` it needs a ``calls:read`` key."""
     from quart import Response, request  # quart is heavy: imported only by a serving daemon
 
-    from . import keys
+    from tracker.db import keys
 
     live_states = tuple(s for s in ctx.chart.states if not ctx.chart.is_final(s))
 

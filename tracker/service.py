@@ -26,22 +26,25 @@ from zoneinfo import ZoneInfo
 import httpx
 import trio
 
-from . import integrity, maintenance, outbound, requestlog, statecharts, throttle
-from .calls import Call
-from .checkpointer import Checkpointer
-from .config import Settings
-from .context import Context, Lifecycle
-from .crm import CrmClient
-from .errors import StoreError
-from .httpserve import serve_app
-from .intake import Intake
-from .outbox import Outbox
-from .reconcile import Reconciler
-from .status_sync import StatusSync
-from .store import Store
-from .sweeper import Sweeper
-from .templates import EVENTS
-from .uis import UisClient
+from tracker.clients import throttle
+from tracker.clients.crm import CrmClient
+from tracker.clients.uis import UisClient
+from tracker.config import Settings
+from tracker.context import Context, Lifecycle
+from tracker.core import statecharts
+from tracker.core.calls import Call
+from tracker.core.catalogue import EVENTS
+from tracker.db import integrity, maintenance, requestlog
+from tracker.db.checkpointer import Checkpointer
+from tracker.db.store import Store
+from tracker.delivery import busy
+from tracker.delivery.outbox import Outbox
+from tracker.errors import StoreError
+from tracker.features.reconcile import Reconciler
+from tracker.features.status_sync import StatusSync
+from tracker.features.sweeper import Sweeper
+from tracker.intake.batcher import Intake
+from tracker.web.httpserve import serve_app
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +106,11 @@ async def serve(
                           metrics=outbox.metrics, uis=uis, intake=intake,
                           integrity=background_check, checkpointer=checkpointer,
                           lifecycle=Lifecycle(started_at=time.time()))
-            from .web import create_app  # quart is heavy; import it only when serving
+            from tracker.web.app import create_app  # quart is heavy; import it only when serving
 
             app = create_app(ctx)
             sync = StatusSync(ctx)  # registers its outbox kinds: before the outbox starts
-            outbound.install(ctx)
+            busy.install(ctx)
             outbox.on_wake.append(ctx.live.poke)
             async with trio.open_nursery() as workers:
                 await workers.start(outbox.run)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from tracker.templates import BY_EVENT, render, template_body
+from tracker.core.catalogue import BY_EVENT, render, template_body
 
 Employee = tuple[int, str]
 """An employee as the builders need it: ``(employee_id, full_name)``."""

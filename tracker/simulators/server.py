@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import trio
 
-from tracker.httpserve import serve_app
+from tracker.web.httpserve import serve_app
 
 T = TypeVar("T")
 

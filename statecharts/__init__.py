@@ -1,0 +1,1 @@
+"""The statecharts as data: shipped inside the package as ``tracker.statecharts``."""

@@ -1,0 +1,1 @@
+"""The command line: serve, demo, activate, check, backfill, keys, outbox, systemd-unit."""

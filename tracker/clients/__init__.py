@@ -1,0 +1,1 @@
+"""The upstream clients (retailCRM, UIS) and the gate that paces their requests."""

@@ -1,0 +1,145 @@
+"""retailCRM API client over the process's shared ``httpx.AsyncClient``.
+
+Wire format as retailCRM's official clients send it: form-encoded bodies whose nested values are
+one field holding a JSON string, the key in ``X-API-KEY``. Answers are classified into the error
+tree: transport failures, timeouts, 429 and 5xx (HTML bodies included) are retryable; other
+refusals are permanent and carry retailCRM's ``errorMsg``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from tracker.clients.throttle import Gate
+from tracker.config import CrmSettings
+from tracker.errors import DeliveryError, PermanentDelivery, RetryableDelivery
+
+
+@dataclass(frozen=True)
+class CrmAnswer:
+    """A successful answer and what was sent, for the call's timeline."""
+
+    status: int
+    body: dict[str, Any]
+    request: dict[str, Any]
+    text: str
+
+
+class CrmClient:
+    """Typed calls to one retailCRM account."""
+
+    def __init__(self, http: httpx.AsyncClient, settings: CrmSettings,
+                 gate: Gate | None = None) -> None:
+        self._http = http
+        self._settings = settings
+        self.gate = gate  # the account's rate limit; every request waits its turn there
+        self._base = f"{settings.url.rstrip('/')}/api/{settings.api_version}/"
+
+    async def send_call_event(self, event: dict[str, Any]) -> CrmAnswer:
+        """``telephony/call/event``: open (type in/out) or close (hangup) a card."""
+        return await self.post("telephony/call/event", {"event": event})
+
+    async def upload_calls(self, calls: list[dict[str, Any]]) -> CrmAnswer:
+        """``telephony/calls/upload``: up to 50 history items."""
+        return await self.post("telephony/calls/upload", {"calls": calls})
+
+    async def responsible_manager(self, phone: str, *, ignore_status: bool) -> CrmAnswer:
+        """``telephony/manager``: the customer's responsible manager (``manager`` absent when
+        retailCRM knows none). Booleans go as ``1``/``0``, as retailCRM reads them."""
+        return await self.get("telephony/manager", {"phone": phone, "details": 1,
+                                                    "ignoreStatus": int(ignore_status)})
+
+    async def post(self, endpoint: str, fields: dict[str, Any]) -> CrmAnswer:
+        """POST form fields (dicts and lists are sent as JSON text) to ``endpoint``."""
+        form = {
+            key: (json.dumps(value, ensure_ascii=False) if isinstance(value, dict | list)
+                  else str(value))
+            for key, value in fields.items()
+        }
+        request = {"method": "POST", "endpoint": endpoint, "form": fields}
+        return await self._send(request, lambda: self._http.post(
+            self._base + endpoint, data=form, headers=self._headers(),
+            timeout=self._settings.timeout_seconds,
+        ))
+
+    async def get(self, endpoint: str, params: dict[str, Any] | None = None) -> CrmAnswer:
+        request = {"method": "GET", "endpoint": endpoint, "params": params or {}}
+        return await self._send(request, lambda: self._http.get(
+            self._base + endpoint, params=params, headers=self._headers(),
+            timeout=self._settings.timeout_seconds,
+        ))
+
+    def _headers(self) -> dict[str, str]:
+        return {"X-API-KEY": self._settings.api_key.reveal()}
+
+    async def _send(self, request: dict[str, Any], send: Any) -> CrmAnswer:
+        try:
+            return await self._exchange(request, send)
+        except DeliveryError as exc:
+            exc.request = request  # the call's timeline shows what a failed attempt sent
+            raise
+
+    async def _exchange(self, request: dict[str, Any], send: Any) -> CrmAnswer:
+        endpoint = request["endpoint"]
+        if self.gate is not None:
+            await self.gate.wait_turn(endpoint)
+        try:
+            response: httpx.Response = await send()
+        except httpx.TimeoutException as exc:
+            raise RetryableDelivery(
+                f"retailCRM {endpoint}: timed out ({type(exc).__name__})"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise RetryableDelivery(f"retailCRM {endpoint}: {type(exc).__name__}: {exc}") from exc
+        text = response.text[:4000]
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        status = response.status_code
+        if self.gate is not None:
+            self.gate.note_answer(throttled=status in (429, 503),
+                                  retry_after_seconds=_retry_after(response))
+        if status == 429 or status >= 500:
+            raise RetryableDelivery(
+                f"retailCRM {endpoint}: HTTP {status}",
+                status=status,
+                detail=_message(body, text),
+                retry_after_seconds=_retry_after(response),
+            )
+        if not isinstance(body, dict):
+            raise RetryableDelivery(
+                f"retailCRM {endpoint}: HTTP {status} without a JSON answer", status=status,
+                detail=text[:300],
+            )
+        if status >= 400 or body.get("success") is False:
+            raise PermanentDelivery(
+                f"retailCRM {endpoint}: HTTP {status}: {_message(body, text)}",
+                status=status, detail=text,
+            )
+        return CrmAnswer(status=status, body=body, request=request, text=text)
+
+
+def _message(body: Any, text: str) -> str:
+    if isinstance(body, dict):
+        message = str(body.get("errorMsg") or "")
+        errors = body.get("errors")
+        if errors:
+            message = f"{message} {json.dumps(errors, ensure_ascii=False)}".strip()
+        if message:
+            return message[:1000]
+    return " ".join(text.split())[:300]
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None

@@ -1,0 +1,1 @@
+"""The core without I/O: notifications, the statechart, the call model, payloads, queries."""

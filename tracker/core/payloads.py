@@ -1,0 +1,87 @@
+"""retailCRM payloads built from a stored call (no I/O): pop-up and hangup events, history items."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from tracker.config import Employee, Settings
+from tracker.core.phones import to_e164
+
+
+def crm_date(timestamp: float, tz: ZoneInfo) -> str:
+    """``Y-m-d H:i:s`` in the account's time zone, as retailCRM wants its dates."""
+    return datetime.fromtimestamp(timestamp, tz).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def uis_date(timestamp: float, tz: ZoneInfo) -> str:
+    """``YYYY-MM-DD HH:MM:SS`` in the account's time zone, as the UIS Data API wants its dates."""
+    return crm_date(timestamp, tz)
+
+
+def _common(call: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
+    region = settings.crm.phone_region
+    item: dict[str, Any] = {"phone": to_e164(call["contact_phone"], region) or ""}
+    external_phone = to_e164(call["virtual_phone"], region)
+    if external_phone:
+        item["externalPhone"] = external_phone
+    if settings.crm.site:
+        item["site"] = settings.crm.site
+    return item
+
+
+def call_event(
+    call: Mapping[str, Any],
+    employees: Sequence[Employee],
+    settings: Settings,
+    *,
+    hangup_status: str | None = None,
+) -> dict[str, Any]:
+    """The ``event`` of ``telephony/call/event``: a card for ``employees``, or closing it."""
+    event = _common(call, settings)
+    event["type"] = "hangup" if hangup_status else (call["direction"] or "in")
+    event["codes"] = [e.code for e in employees]
+    event["userIds"] = [e.crm_user_id for e in employees]
+    event["callExternalId"] = str(call["id"])
+    if hangup_status:
+        event["hangupStatus"] = hangup_status
+    return event
+
+
+def upload_item(
+    call: Mapping[str, Any],
+    result: str,
+    employee: Employee | None,
+    settings: Settings,
+    *,
+    record_url: str | None,
+    now: float,
+) -> dict[str, Any]:
+    """One item of ``telephony/calls/upload``; the UIS session id is its ``externalId``."""
+    tz = ZoneInfo(settings.crm.timezone)
+    item = _common(call, settings)
+    item.update(
+        {
+            "date": crm_date(call["started_at"] or now, tz),
+            "type": call["direction"] or "in",
+            "result": result,
+            "externalId": str(call["id"]),
+        }
+    )
+    if employee is not None:
+        item["code"] = employee.code
+        item["userId"] = employee.crm_user_id
+    if result == "answered":
+        item["duration"] = int(call["talk_seconds"] or 0)
+    if call["wait_seconds"] is not None:
+        item["durationWaiting"] = int(call["wait_seconds"])
+    if record_url:
+        item["recordUrl"] = record_url
+    return item
+
+
+def record_url(media_url: str, session_id: int, record_id: str) -> str:
+    """The playable link of a UIS recording: ``{media_url}/{session}/{record}/``."""
+    return f"{media_url.rstrip('/')}/{session_id}/{record_id}/"

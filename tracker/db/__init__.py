@@ -1,0 +1,1 @@
+"""The only home of SQL: the store, migrations, outbox rows, keys, request log, page queries."""

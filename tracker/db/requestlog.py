@@ -1,0 +1,74 @@
+"""The request log's helpers: masking secrets before a row is written, and pruning old rows.
+
+Rows are written with ``Store.log_request`` by the admin API and the retailCRM callbacks; read
+back with ``get.api_requests``. ``run_pruner`` keeps ``admin.request_log_retention_days``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import trio
+
+from tracker.db.store import Store
+
+log = logging.getLogger(__name__)
+
+MASK = "***"
+PRUNE_EVERY_SECONDS = 3600.0
+_SECRET_WORDS = ("token", "secret", "password", "api_key", "apikey", "client_id", "clientid")
+_MAX_PARAMS_CHARS = 8192  # one row must not let a client fill the disk
+
+
+def mask(params: Any) -> dict[str, Any]:
+    """A copy of ``params`` fit for the log: values under secret-looking names (``access_token``,
+    ``clientId``, ``api_key``, …, at any depth) become ``***``; oversized params are cut."""
+    if not isinstance(params, dict):
+        params = {"_params": params}
+    masked: dict[str, Any] = _mask(params)
+    text = json.dumps(masked, ensure_ascii=False, default=str)
+    if len(text) > _MAX_PARAMS_CHARS:
+        return {"_truncated": text[:_MAX_PARAMS_CHARS]}
+    return masked
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: MASK if _secret(k) and v not in (None, "") else _mask(v)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask(v) for v in value]
+    return value
+
+
+def _secret(name: Any) -> bool:
+    lowered = str(name).lower()
+    return any(word in lowered for word in _SECRET_WORDS)
+
+
+def prune(store: Store, retention_days: float, now: float | None = None) -> int:
+    """Delete request-log rows older than the retention; return how many. 0 days keeps all."""
+    if retention_days <= 0:
+        return 0
+    now = time.time() if now is None else now
+    cursor = store.conn.execute("DELETE FROM api_requests WHERE at < ?",
+                                (now - retention_days * 86400,))
+    return cursor.rowcount
+
+
+async def run_pruner(store: Store, retention_days: float, *,
+                     every_seconds: float = PRUNE_EVERY_SECONDS,
+                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Prune now (before reporting started), then every ``every_seconds``, until cancelled."""
+    started = False
+    while True:
+        removed = prune(store, retention_days)
+        if removed:
+            log.info("request log: pruned %d rows older than %g days", removed, retention_days)
+        if not started:
+            task_status.started()
+            started = True
+        await trio.sleep(every_seconds)

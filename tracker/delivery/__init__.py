@@ -1,0 +1,1 @@
+"""The outbox: dispatcher, handlers, batching, busy detection."""

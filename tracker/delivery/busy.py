@@ -1,0 +1,64 @@
+"""Outgoing calls: tell a busy customer from one who did not answer.
+
+Outbound sessions (click-to-call included) run through the same statechart as inbound ones: the
+``outgoing_call`` notification sets the direction, so the pop-up and the upload say ``out``. No
+notification says *why* an outbound call was not answered; the Data API's ``finish_reason`` of
+the session may. Its values are not documented, so the ones meaning "busy" are a setting
+(``click.busy_finish_reasons``, empty: never ask). When it names one, the history item says
+``busy`` instead of ``no answer``; when the lookup fails, the upload goes out as ``no answer``
+rather than wait. The card's hangup status stays ``no answered`` (it is sent first, before the
+session reaches the report).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from tracker.context import Context
+from tracker.core.payloads import uis_date
+from tracker.delivery.outbox import Done, Handler, Later
+from tracker.errors import DeliveryError
+
+log = logging.getLogger(__name__)
+
+
+def install(ctx: Context) -> None:
+    """Wrap the outbox's ``upload`` handler; call before the outbox starts."""
+    reasons = ctx.settings.click.busy_reasons()
+    if not reasons:
+        return
+    upload: Handler = ctx.outbox.handlers["upload"]
+
+    async def upload_telling_busy(row: dict[str, Any], payload: dict[str, Any]) -> Done | Later:
+        if payload.get("result") == "no answer":
+            call = ctx.store.call_row(row["call_id"])
+            if call is not None and call["direction"] == "out":
+                reason = await finish_reason(ctx, call, row["created_at"])
+                if reason is not None and reason.lower() in reasons:
+                    payload = {**payload, "result": "busy"}
+        return await upload(row, payload)
+
+    ctx.outbox.handlers["upload"] = upload_telling_busy
+
+
+async def finish_reason(ctx: Context, call: dict[str, Any], fallback_at: float) -> str | None:
+    """``finish_reason`` of the session from ``get.calls_report``; None when unknown."""
+    started = call["started_at"] or fallback_at
+    finished = call["finished_at"] or fallback_at
+    try:
+        result = await ctx.uis.data("get.calls_report", {
+            "date_from": uis_date(started - 3600, ctx.tz),
+            "date_till": uis_date(finished + 3600, ctx.tz),
+            "filter": {"field": "id", "operator": "=", "value": call["id"]},
+            "fields": ["id", "finish_reason"],
+        })
+    except DeliveryError as exc:
+        log.warning("call %s: finish_reason lookup failed, uploading as no answer: %s",
+                    call["id"], exc)
+        return None
+    for item in result.get("data") or []:
+        if isinstance(item, dict) and item.get("id") == call["id"]:
+            reason = item.get("finish_reason")
+            return reason if isinstance(reason, str) else None
+    return None

@@ -1,0 +1,1 @@
+"""Developer tools that ship with the package: the demo, the benchmark, its load generator."""

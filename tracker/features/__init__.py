@@ -1,0 +1,2 @@
+"""Beyond the call flow: routing, click-to-call, status sync, sweeper, retailCRM callbacks,
+reconciliation."""

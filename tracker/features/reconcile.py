@@ -1,0 +1,479 @@
+"""Reconciliation and backfill: create and upload the finished sessions tracker never heard of.
+
+UIS notifications get lost (tracker down, a network stretch, a notification type never set up).
+The Data API's ``get.calls_report`` is the PBX's own record. A periodic pass in the daemon (every
+``reconcile.interval_seconds`` over the last ``reconcile.lookback_hours``) and
+``python run.py backfill`` page through it and, for each finished session without a call row,
+synthesise its opening and its end (``tracker.core.synthesis``) through ``ingest``: the call is
+stored and uploaded like any other, with no card (no ``waiting_answer`` is synthesised, and real
+notifications arriving later meet a final state). The "known?" check and the creation share one
+transaction and the synthesised notifications have deterministic dedupe keys, so running twice
+changes nothing.
+
+Paging follows the Data API's rules: windows of at most three months, ``limit``/``offset`` with
+a stable sort (a window holding more than ``offset`` can reach is split), the budgets of
+``metadata.limits`` (a pause when the minute's remainder reaches ``minute_reserve``, a stop when
+the day's reaches ``day_reserve``), and retries with doubling pauses after ``limit_exceeded``,
+internal errors and transport failures.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, TextIO, cast
+from zoneinfo import ZoneInfo
+
+import httpx
+import trio
+
+from tracker.clients import throttle
+from tracker.clients.uis import UisClient
+from tracker.config import ReconcileSettings, Settings
+from tracker.core import statecharts, synthesis
+from tracker.core.calls import Call
+from tracker.core.catalogue import EVENTS
+from tracker.core.statecharts import Chart
+from tracker.db.store import Store
+from tracker.errors import DeliveryError, RejectedNotification, RetryableDelivery
+from tracker.intake import ingest
+
+if TYPE_CHECKING:
+    from tracker.context import Context
+
+log = logging.getLogger(__name__)
+
+SOURCE = "reconcile"
+METHOD = "BACKFILL"
+REASON = "created from the Data API report: tracker had no notification of this session"
+TIME_FORMAT = synthesis.TIME_FORMAT
+_MAX_OFFSET = 100_000  # the Data API refuses a larger offset
+_MAX_PAUSE_SECONDS = 600.0
+_SECOND = timedelta(seconds=1)
+
+
+class DayBudgetSpent(RetryableDelivery):
+    """The Data API's day budget is down to ``reconcile.day_reserve``: stop until it resets."""
+
+
+@dataclass
+class Tally:
+    """What one pass found and did (updated as it goes, for the progress line)."""
+
+    reported: int = 0  # finished sessions in the windows read, as the report counts them
+    read: int = 0
+    known: int = 0
+    created: int = 0
+    answered: int = 0
+    lost: int = 0
+    recent: int = 0  # finished less than grace_seconds ago, or still going: left for later
+    rejected: int = 0  # rows that could not be turned into notifications
+    requests: int = 0
+    window: str = ""
+    created_ids: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ReconcileStatistics:
+    passes: int
+    created_total: int
+    requests_total: int
+    failed_requests: int
+    last_error: str | None
+    last_pass_at: float | None
+
+
+def parse_moment(text: str, *, end_of_day: bool = False) -> datetime:
+    """``YYYY-MM-DD HH:MM:SS`` (or a bare date: its first or last second), account-local."""
+    text = text.strip()
+    for fmt in (TIME_FORMAT, "%Y-%m-%d %H:%M", "%Y-%m-%d"):
+        try:
+            moment = datetime.strptime(text, fmt)
+        except ValueError:
+            continue
+        if fmt == "%Y-%m-%d" and end_of_day:
+            moment += timedelta(days=1) - _SECOND
+        return moment
+    raise ValueError(f"not a time: expected 'YYYY-MM-DD HH:MM:SS', got {text!r}")
+
+
+def _months_later(moment: datetime, months: int) -> datetime:
+    index = moment.month - 1 + months
+    year, month = moment.year + index // 12, index % 12 + 1
+    days = [31, 29 if year % 4 == 0 and (year % 100 or year % 400 == 0) else 28, 31, 30, 31, 30,
+            31, 31, 30, 31, 30, 31][month - 1]
+    return moment.replace(year=year, month=month, day=min(moment.day, days))
+
+
+def windows(date_from: datetime, date_till: datetime) -> list[tuple[datetime, datetime]]:
+    """Split ``[date_from, date_till]`` (inclusive, whole seconds) into contiguous windows the
+    Data API accepts: none longer than three calendar months."""
+    start, till = date_from.replace(microsecond=0), date_till.replace(microsecond=0)
+    result = []
+    while start <= till:
+        end = min(till, _months_later(start, 3) - _SECOND)
+        result.append((start, end))
+        start = end + _SECOND
+    return result
+
+
+class Reconciler:
+    """Reads ``get.calls_report`` and creates the sessions tracker lacks. ``run()`` is the
+    daemon's periodic pass; ``reconcile()`` one pass over any period (backfill)."""
+
+    def __init__(self, store: Store, chart: Chart, tz: ZoneInfo, uis: UisClient,
+                 settings: ReconcileSettings, *, wake: Callable[[], None] = lambda: None,
+                 on_progress: Callable[[Tally], None] = lambda tally: None,
+                 max_offset: int = _MAX_OFFSET) -> None:
+        self._store, self._chart, self._tz, self._uis = store, chart, tz, uis
+        self._max_offset = max_offset
+        self._settings = settings
+        self._wake = wake
+        self._on_progress = on_progress
+        self._limits: dict[str, Any] = {}
+        self._limits_at = 0.0
+        self._passes = self._created = self._requests = self._failed = 0
+        self._last_error: str | None = None
+        self._last_pass_at: float | None = None
+
+    @classmethod
+    def for_context(cls, ctx: Context) -> Reconciler:
+        """The daemon's reconciler: it wakes the daemon's outbox when it creates calls."""
+        return cls(ctx.store, ctx.chart, ctx.tz, ctx.uis, ctx.settings.reconcile,
+                   wake=ctx.outbox.wake)
+
+    def statistics(self) -> ReconcileStatistics:
+        return ReconcileStatistics(self._passes, self._created, self._requests, self._failed,
+                                   self._last_error, self._last_pass_at)
+
+    # -- the daemon's periodic pass -----------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """A pass ``start_delay_seconds`` after start, then every ``interval_seconds``."""
+        task_status.started()
+        if not self._settings.enabled:
+            return
+        await trio.sleep(self._settings.start_delay_seconds)
+        while True:
+            await self.pass_once()
+            await trio.sleep(self._settings.interval_seconds)
+
+    async def pass_once(self) -> Tally:
+        """Reconcile the last ``lookback_hours``; errors are logged, never raised."""
+        till = datetime.now(self._tz).replace(tzinfo=None, microsecond=0)
+        start = till - timedelta(hours=self._settings.lookback_hours)
+        tally = Tally()
+        try:
+            await self.reconcile(start, till, tally)
+        except DeliveryError as exc:
+            self._last_error = str(exc)
+            log.warning("reconciliation stopped, next pass later: %s", exc)
+        except Exception:  # a bug must not end the periodic passes
+            log.exception("reconciliation pass failed")
+        finally:
+            self._wake()
+        if tally.created:
+            log.info("reconciliation created %d missed sessions (%d answered, %d lost)",
+                     tally.created, tally.answered, tally.lost)
+        return tally
+
+    # -- one pass -----------------------------------------------------------------------------
+
+    async def reconcile(self, date_from: datetime, date_till: datetime,
+                        tally: Tally | None = None) -> Tally:
+        """Create every finished session of the period that tracker does not know.
+
+        Times are account-local. Raises ``DeliveryError`` when the Data API refuses for good,
+        keeps failing after ``max_retries``, or the day budget runs low; what was created
+        until then stays (a rerun continues idempotently)."""
+        tally = Tally() if tally is None else tally
+        self._passes += 1
+        self._last_pass_at = time.time()
+        for start, end in windows(date_from, date_till):
+            await self._read_window(start, end, tally)
+        return tally
+
+    async def _read_window(self, start: datetime, end: datetime, tally: Tally) -> None:
+        tally.window = f"{start:%Y-%m-%d %H:%M:%S} … {end:%Y-%m-%d %H:%M:%S}"
+        page = self._settings.page_size
+        offset = 0
+        while True:
+            result = await self._fetch(start, end, offset, tally)
+            total = int((result.get("metadata") or {}).get("total_items") or 0)
+            if offset == 0 and total > self._max_offset + page and end - start > _SECOND:
+                middle = start + timedelta(seconds=(end - start).total_seconds() // 2)
+                await self._read_window(start, middle, tally)
+                await self._read_window(middle + _SECOND, end, tally)
+                return
+            if offset == 0:
+                tally.reported += total
+            rows = result.get("data") or []
+            now = time.time()
+            created = tally.created
+            for row in rows:
+                self._take(row, now, tally)
+            if tally.created > created:
+                self._wake()
+            self._on_progress(tally)
+            offset += len(rows)
+            if not rows or offset >= total or offset > self._max_offset:
+                return
+
+    async def _fetch(self, start: datetime, end: datetime, offset: int,
+                     tally: Tally) -> dict[str, Any]:
+        params = {
+            "date_from": start.strftime(TIME_FORMAT),
+            "date_till": end.strftime(TIME_FORMAT),
+            "fields": synthesis.REPORT_FIELDS,
+            # A stable order: pages must not shift under us (the period is in the past).
+            "sort": [{"field": "start_time", "order": "asc"}, {"field": "id", "order": "asc"}],
+            "limit": self._settings.page_size,
+            "offset": offset,
+        }
+        failures = 0
+        while True:
+            await self._pace()
+            try:
+                result = await self._uis.data("get.calls_report", params)
+            except RetryableDelivery as exc:
+                failures += 1
+                self._failed += 1
+                self._last_error = str(exc)
+                if failures > self._settings.max_retries:
+                    raise
+                pause = min(_MAX_PAUSE_SECONDS,
+                            self._settings.retry_seconds * 2 ** (failures - 1))
+                log.warning("get.calls_report failed (%s); retrying in %.1f s", exc, pause)
+                await trio.sleep(pause)
+                continue
+            tally.requests += 1
+            self._requests += 1
+            limits = (result.get("metadata") or {}).get("limits")
+            if isinstance(limits, dict):
+                self._limits, self._limits_at = limits, trio.current_time()
+            return result
+
+    async def _pace(self) -> None:
+        """Leave the live work (sweeper, recording lookups) its share of the budgets."""
+        day = self._limits.get("day_remaining")
+        if isinstance(day, int) and day <= self._settings.day_reserve:
+            reset = self._limits.get("day_reset")
+            raise DayBudgetSpent(
+                f"the Data API day budget is down to {day} (reconcile.day_reserve is "
+                f"{self._settings.day_reserve}); it resets in {reset} s")
+        minute = self._limits.get("minute_remaining")
+        if isinstance(minute, int) and minute <= self._settings.minute_reserve:
+            reset = self._limits.get("minute_reset")
+            # UIS counts whole seconds: "0" means less than one is left.
+            wait = max(1.0, float(reset if isinstance(reset, int | float) else 60))
+            wait -= trio.current_time() - self._limits_at
+            if wait > 0:
+                log.info("Data API minute budget down to %d: pausing %.1f s", minute, wait)
+                await trio.sleep(wait)
+            self._limits = {}
+
+    def _take(self, row: Any, now: float, tally: Tally) -> None:
+        tally.read += 1
+        session_id = row.get("id") if isinstance(row, dict) else None
+        if not isinstance(session_id, int) or isinstance(session_id, bool):
+            tally.rejected += 1
+            log.warning("get.calls_report row without a session id: %.200r", row)
+            return
+        finished = synthesis.report_time(row, "finish_time")
+        if not synthesis.is_finished(row) or finished is None or \
+                finished.replace(tzinfo=self._tz).timestamp() > now - self._settings.grace_seconds:
+            tally.recent += 1  # its own notifications may still be on the way
+            return
+        try:
+            with self._store.transaction():
+                if self._known(session_id):
+                    tally.known += 1
+                    return
+                for fields in synthesis.session(row, source=SOURCE):
+                    ingest.ingest(self._store, self._chart, self._tz, fields, method=METHOD,
+                                  now=now)
+                self._store.conn.execute("UPDATE calls SET end_reason = ? WHERE id = ?",
+                                         (REASON, session_id))
+                self._store.warn("reconcile", "sessions without notifications",
+                                 f"session {session_id} reached tracker only through the Data "
+                                 "API report; its notifications never arrived", now)
+        except RejectedNotification as exc:
+            tally.rejected += 1
+            log.warning("session %s: cannot use the report row: %s", session_id, exc)
+            return
+        call = self._store.call_row(session_id)
+        tally.created += 1
+        self._created += 1
+        tally.created_ids.append(session_id)
+        if call is not None and call["state"] == "ended":
+            tally.answered += 1
+        else:
+            tally.lost += 1
+
+    def _known(self, session_id: int) -> bool:
+        return self._store.conn.execute(
+            "SELECT 1 FROM calls WHERE id = ?", (session_id,)).fetchone() is not None
+
+
+# -- the backfill command ---------------------------------------------------------------------
+
+
+class Progress:
+    """One status line on stderr, rewritten in place with ``\\r``; silent when disabled."""
+
+    def __init__(self, stream: TextIO, enabled: bool, *, min_interval: float = 0.1) -> None:
+        self._stream = stream
+        self.enabled = enabled
+        self._min_interval = min_interval
+        self._shown_at = -1e9
+        self._width = 0
+
+    def show(self, text: str, *, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not force and now - self._shown_at < self._min_interval:
+            return
+        self._shown_at = now
+        self._stream.write("\r" + text.ljust(self._width))
+        self._stream.flush()
+        self._width = len(text)
+
+    def close(self) -> None:
+        """End the line (if one was shown) so that what follows starts clean."""
+        if self.enabled and self._width:
+            self._stream.write("\n")
+            self._stream.flush()
+            self._width = 0
+
+
+def _reading_line(tally: Tally) -> str:
+    return (f"backfill {tally.window}: read {tally.read}/{tally.reported}, "
+            f"{tally.created} new, {tally.known} known")
+
+
+async def daemon_answers(settings: Settings) -> bool:
+    """True when something accepts connections on ``server.listen`` (the daemon, presumably)."""
+    host, _, port = settings.server.listen.rpartition(":")
+    host = host.strip("[]")
+    if not port.isdigit() or int(port) == 0:
+        return False
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    with trio.move_on_after(1.0):
+        try:
+            stream = await trio.open_tcp_stream(host, int(port))
+        except OSError:
+            return False
+        await stream.aclose()
+        return True
+    return False
+
+
+async def run_backfill(settings: Settings, date_from: datetime, date_till: datetime, *,
+                       deliver: bool | None = None, progress: bool = False,
+                       out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """``python run.py backfill``: create the missed sessions of a period, then upload them
+    (unless ``deliver`` is False, or None and a daemon answers: it will). Exit status: 0 when
+    the whole period was read, 1 when the Data API stopped it (a rerun continues)."""
+    from tracker.service import open_store  # service imports this module
+
+    chart = statecharts.load_all(statecharts.DEFAULT_DIR, Call, EVENTS)["call"]
+    tz = ZoneInfo(settings.crm.timezone)
+    bar = Progress(err, progress)
+    store = open_store(settings)
+    failure: str | None = None
+    try:
+        async with httpx.AsyncClient() as http:
+            uis = UisClient(http, settings.uis, throttle.uis_gate(settings.ratelimit))
+            mark = store.conn.execute("SELECT coalesce(max(id), 0) FROM outbox").fetchone()[0]
+            reconciler = Reconciler(store, chart, tz, uis, settings.reconcile,
+                                    on_progress=lambda t: bar.show(_reading_line(t)))
+            tally = Tally()
+            try:
+                await reconciler.reconcile(date_from, date_till, tally)
+            except DeliveryError as exc:
+                failure = str(exc)
+            bar.show(_reading_line(tally), force=True)
+            bar.close()
+            print(f"backfill {date_from:%Y-%m-%d %H:%M:%S} … {date_till:%Y-%m-%d %H:%M:%S}: "
+                  f"UIS reported {tally.reported} finished sessions; {tally.known} already "
+                  f"known, {tally.created} created ({tally.answered} answered, {tally.lost} "
+                  f"lost), {tally.recent} too recent (left to the daemon), {tally.rejected} "
+                  f"unreadable", file=out)
+            if failure:
+                print(f"stopped early: {failure}. Run the same command again later: sessions "
+                      "created so far are skipped.", file=out)
+            if tally.created_ids and deliver is None and await daemon_answers(settings):
+                print(f"a daemon answers on {settings.server.listen}: it uploads the new "
+                      "calls", file=out)
+                deliver = False
+            if tally.created_ids and deliver is not False:
+                counts = await _deliver(store, settings, http, uis, tally.created_ids, mark, bar)
+                print("uploads: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in
+                                               ("delivered", "dropped", "dead", "pending")),
+                      file=out)
+                if counts.get("pending"):
+                    print("pending uploads stay queued: the daemon delivers them when it runs",
+                          file=out)
+    finally:
+        bar.close()
+        store.close()
+    return 1 if failure else 0
+
+
+class _OwnLanes:
+    """The store as the backfill's own outbox sees it: only the lanes of the calls it created.
+    Other pending work (a status change, a daemon's pop-up) is the daemon's, whose handlers and
+    timing it needs; this process must not touch it."""
+
+    def __init__(self, store: Store, lanes: set[str]) -> None:
+        self._store = store
+        self._lanes = lanes
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def due_heads(self, now: float, exclude_lanes: set[str], limit: int) -> list[dict[str, Any]]:
+        rows = self._store.due_heads(now, exclude_lanes, 1_000_000)
+        return [r for r in rows if r["lane"] in self._lanes][:limit]
+
+
+async def _deliver(store: Store, settings: Settings, http: httpx.AsyncClient, uis: UisClient,
+                   call_ids: list[int], mark: int, bar: Progress) -> dict[str, int]:
+    """Run an outbox in this process, on the new calls' rows only, until they are settled (or
+    a deadline: an answered call may wait ``uis.record_wait_seconds`` for its recording)."""
+    from tracker.clients.crm import CrmClient
+    from tracker.delivery.outbox import Outbox
+
+    crm = CrmClient(http, settings.crm, throttle.crm_gate(settings.ratelimit))
+    ids = json.dumps(call_ids)
+    lanes = {r[0] for r in store.conn.execute(
+        "SELECT DISTINCT lane FROM outbox WHERE id > ? AND call_id IN"
+        " (SELECT value FROM json_each(?))", (mark, ids))}
+    outbox = Outbox(cast(Store, _OwnLanes(store, lanes)), settings, crm, uis)
+
+    def counts() -> dict[str, int]:
+        rows = store.conn.execute(
+            "SELECT status, count(*) FROM outbox WHERE id > ? AND call_id IN"
+            " (SELECT value FROM json_each(?)) GROUP BY status", (mark, ids)).fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(outbox.run)
+        with trio.move_on_after(settings.uis.record_wait_seconds + 60):
+            while True:
+                now = counts()
+                total = sum(now.values())
+                bar.show(f"uploading: {total - now.get('pending', 0)}/{total}")
+                if not now.get("pending"):
+                    break
+                await outbox.wait_until_idle()
+                await trio.sleep(0.1)  # rows waiting for a recording or a retry are not idle work
+        nursery.cancel_scope.cancel()
+    bar.close()
+    return counts()

@@ -1,0 +1,1 @@
+"""The write path for UIS notifications: ingest and the group-commit batcher."""

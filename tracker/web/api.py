@@ -1,0 +1,415 @@
+"""The admin API: JSON-RPC 2.0 at ``POST /api/v1``, in the style of the UIS Data API.
+
+``handle`` takes the raw body and answers a JSON-RPC response object; it does the SQLite work
+synchronously (each method is a few indexed queries) and writes one request-log row per call.
+Errors are ``ApiError``: ``code`` is the group, ``data.mnemonic`` the reason, ``data.field`` the
+dot path of the culprit. docs/api.md is the reference, with every mnemonic in one table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from tracker.config import dial_string
+from tracker.core import querylang
+from tracker.core.querylang import Column, Table, json_column, problem
+from tracker.db import keys, requestlog
+from tracker.errors import ApiError
+
+if TYPE_CHECKING:
+    from quart_trio import QuartTrio
+
+    from tracker.context import Context
+
+log = logging.getLogger(__name__)
+
+PATH = "/api/v1"
+
+# JSON-RPC error groups, numbered as the UIS Data API numbers them
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = querylang.INVALID_PARAMS
+INTERNAL_ERROR = -32603
+AUTH_ERROR = -32001
+FORBIDDEN = -32003
+INVALID_STATE = -32004
+NOT_SUPPORTED = -32099
+
+CALLS = Table("calls", (
+    Column("id", "int"), Column("state", "str"), Column("direction", "str"),
+    Column("contact_phone", "str"), Column("contact_name", "str"),
+    Column("virtual_phone", "str"), Column("started_at", "float"),
+    Column("finished_at", "float"), Column("updated_at", "float"), Column("talked", "bool"),
+    Column("talk_seconds", "int"), Column("wait_seconds", "int"),
+    Column("total_seconds", "int"), Column("talked_employee_id", "int"),
+    Column("external_id", "str"), Column("file_link", "str"), Column("record_url", "str"),
+    json_column("rang"), json_column("carded"), json_column("closed"),
+    json_column("cards_open"),
+), default_sort=(("updated_at", "desc"),))
+
+EVENTS = Table("events", (
+    Column("id", "int"), Column("received_at", "float"), Column("call_id", "int"),
+    Column("event", "str"), Column("outcome", "str"), Column("duplicates", "int"),
+    Column("state_before", "str"), Column("state_after", "str"), Column("error", "str"),
+    Column("method", "str"), Column("body", "str", sortable=False),
+), default_sort=(("id", "asc"),))
+
+OUTBOX = Table("outbox", (
+    Column("id", "int"), Column("call_id", "int"), Column("lane", "str"), Column("kind", "str"),
+    Column("status", "str"), Column("priority", "int"), Column("attempts", "int"),
+    Column("next_at", "float"), Column("created_at", "float"), Column("updated_at", "float"),
+    Column("last_error", "str"), json_column("payload"), json_column("request"),
+    Column("response", "str", sortable=False),
+))
+
+API_REQUESTS = Table("api_requests", (
+    Column("id", "int"), Column("at", "float"), Column("source", "str"),
+    Column("key_name", "str"), Column("method", "str"), Column("outcome", "str"),
+    Column("status", "int"), Column("duration_ms", "float"), json_column("params"),
+))
+
+EMPLOYEES = Table("employees", (
+    Column("id", "int"), Column("crm_user_id", "int"), Column("code", "str"),
+    Column("phone", "str"), Column("full_name", "str"), json_column("tags"),
+    Column("updated_at", "float"),
+), default_sort=(("id", "asc"),))
+
+MAX_TAGS = 50
+
+
+@dataclass(frozen=True)
+class Method:
+    """One API method: the right it needs, the params it takes, and what it does."""
+
+    right: str
+    params: frozenset[str]
+    run: Callable[[Context, dict[str, Any], querylang.Limits, keys.KeyInfo], dict[str, Any]]
+
+
+def limits_of(ctx: Context) -> querylang.Limits:
+    admin = ctx.settings.admin
+    return querylang.Limits(default_limit=admin.default_limit, max_limit=admin.max_limit,
+                          max_offset=admin.max_offset)
+
+
+# -- the methods ---------------------------------------------------------------------------------
+
+
+def _getter(table: Table) -> Callable[..., dict[str, Any]]:
+    def run(ctx: Context, params: dict[str, Any], limits: querylang.Limits,
+            key: keys.KeyInfo) -> dict[str, Any]:
+        query = querylang.compile_select(table, params, limits)
+        rows = ctx.store.conn.execute(query.sql, query.args).fetchall()
+        total = ctx.store.conn.execute(query.count_sql, query.count_args).fetchone()[0]
+        return {
+            "data": [querylang.decode_row(tuple(row), query.fields) for row in rows],
+            "metadata": {"total_items": total, "limit": query.limit, "offset": query.offset},
+        }
+
+    return run
+
+
+def _statistics(ctx: Context, params: dict[str, Any], limits: querylang.Limits,
+                key: keys.KeyInfo) -> dict[str, Any]:
+    conn = ctx.store.conn
+    by_state = ctx.store.count_by_state()
+    return {"data": {
+        "uptime_seconds": round(time.time() - ctx.lifecycle.started_at, 1),
+        "calls": {"total": sum(by_state.values()),
+                  "by_state": {s: by_state.get(s, 0) for s in ctx.chart.states}},
+        "outbox": asdict(ctx.outbox.statistics()),
+        "warnings": conn.execute("SELECT count(*) FROM warnings").fetchone()[0],
+        "employees": conn.execute("SELECT count(*) FROM employees").fetchone()[0],
+        "api_keys_active": conn.execute(
+            "SELECT count(*) FROM api_keys WHERE revoked_at IS NULL").fetchone()[0],
+    }}
+
+
+def _retry_outbox(ctx: Context, params: dict[str, Any], limits: querylang.Limits,
+                  key: keys.KeyInfo) -> dict[str, Any]:
+    """Queue dead letters again, all or none; the outbox delivers them in their lanes' order."""
+    if params.get("ids") is None:
+        raise problem("required_parameter_missing", "give the ids of the dead letters", "ids")
+    ids = querylang.parse_ids(params["ids"], limits, "ids")
+    now = time.time()
+    with ctx.store.transaction():
+        marks = ", ".join("?" for _ in ids)
+        found = dict(ctx.store.conn.execute(
+            f"SELECT id, status FROM outbox WHERE id IN ({marks})", ids).fetchall())
+        for index, row_id in enumerate(params["ids"]):
+            if row_id not in found:
+                raise problem("entity_not_found", f"no outbox row {row_id}", f"ids[{index}]",
+                              row_id)
+            if found[row_id] != "dead":
+                raise ApiError(INVALID_STATE, "invalid_state",
+                               f"outbox row {row_id} is {found[row_id]}, not a dead letter",
+                               field=f"ids[{index}]", value=row_id)
+        ctx.store.requeue_dead(ids, now)
+    ctx.outbox.wake()
+    log.info("retry.outbox by key %r: dead letters %s queued again", key.name, ids)
+    return {}
+
+
+def _update_employees(ctx: Context, params: dict[str, Any], limits: querylang.Limits,
+                      key: keys.KeyInfo) -> dict[str, Any]:
+    """Partial update: only the fields sent change; an array replaces the old one whole; null
+    clears an optional field."""
+    if "id" not in params:
+        raise problem("required_parameter_missing", "give the UIS employee id", "id")
+    uis_id = params["id"]
+    if not querylang.is_int(uis_id):
+        raise problem("invalid_parameter_value", "must be an integer", "id",
+                      querylang.short(uis_id))
+    changes = {name: _employee_value(name, value) for name, value in params.items()
+               if name not in ("id", "access_token")}
+    if not changes:
+        raise problem("required_parameter_missing",
+                      "give at least one field to change: " + ", ".join(_EMPLOYEE_FIELDS),
+                      None)
+    with ctx.store.transaction():
+        exists = ctx.store.conn.execute("SELECT 1 FROM employees WHERE id = ?",
+                                        (uis_id,)).fetchone()
+        if exists is None:
+            raise problem("entity_not_found", f"no employee {uis_id} in the mapping", "id",
+                          uis_id)
+        if "code" in changes:
+            taken = ctx.store.conn.execute(
+                "SELECT id FROM employees WHERE code = ? AND id != ?",
+                (changes["code"], uis_id)).fetchone()
+            if taken is not None:
+                raise problem("duplicate_value", f"employee {taken[0]} already has this code",
+                              "code", changes["code"])
+        ctx.store.update_employee(uis_id, changes, time.time())
+    log.info("update.employees by key %r: employee %s: %s", key.name, uis_id,
+             ", ".join(sorted(changes)))
+    return {}
+
+
+def _employee_value(name: str, value: Any) -> Any:
+    """The column value for one field of ``update.employees`` (None stores NULL)."""
+    if name == "crm_user_id":
+        if not querylang.is_int(value) or value <= 0:
+            raise problem("invalid_parameter_value", "must be a positive integer (it cannot be "
+                          "cleared)", name, querylang.short(value))
+        return value
+    if name == "code":
+        if not isinstance(value, str) or not value.strip() or len(value) > 64:
+            raise problem("invalid_parameter_value", "must be a non-empty string of at most 64 "
+                          "characters (it cannot be cleared)", name, querylang.short(value))
+        return value
+    if value is None:
+        return None
+    if name == "phone":
+        digits = dial_string(value) if isinstance(value, str) else ""
+        if not (digits.isascii() and digits.isdigit() and len(digits) <= 20):
+            raise problem("invalid_parameter_value", "must be a phone number or extension",
+                          name, querylang.short(value))
+        return digits
+    if name == "full_name":
+        if not isinstance(value, str) or len(value) > 200:
+            raise problem("invalid_parameter_value", "must be a string of at most 200 characters",
+                          name, querylang.short(value))
+        return value
+    if name == "tags":
+        if not isinstance(value, list) or len(value) > MAX_TAGS:
+            raise problem("invalid_parameter_value", f"must be an array of at most {MAX_TAGS} "
+                          "strings, or null", name, querylang.short(value))
+        for index, tag in enumerate(value):
+            if not isinstance(tag, str) or not tag.strip() or len(tag) > 64:
+                raise problem("invalid_parameter_value", "a tag is a non-empty string of at "
+                              "most 64 characters", f"tags[{index}]", querylang.short(tag))
+        return json.dumps(value, ensure_ascii=False)
+    raise AssertionError(name)  # the dispatcher refuses unexpected params first
+
+
+_EMPLOYEE_FIELDS = ("crm_user_id", "code", "phone", "full_name", "tags")
+_GET = querylang.QUERY_PARAMS
+
+METHODS: dict[str, Method] = {
+    "get.calls": Method("calls:read", _GET, _getter(CALLS)),
+    "get.call_events": Method("calls:read", _GET, _getter(EVENTS)),
+    "get.outbox": Method("calls:read", _GET, _getter(OUTBOX)),
+    "retry.outbox": Method("outbox:write", frozenset({"ids"}), _retry_outbox),
+    "get.employees": Method("calls:read", _GET, _getter(EMPLOYEES)),
+    "update.employees": Method("employees:write", frozenset({"id", *_EMPLOYEE_FIELDS}),
+                               _update_employees),
+    "get.api_requests": Method("log:read", _GET, _getter(API_REQUESTS)),
+    "get.statistics": Method("calls:read", frozenset(), _statistics),
+}
+
+
+# -- the dispatcher ------------------------------------------------------------------------------
+
+
+def handle(ctx: Context, raw: bytes, *, bearer: str | None = None,
+           remote_addr: str | None = None) -> dict[str, Any]:
+    """Answer one request body with a JSON-RPC response object, and log it."""
+    started = time.perf_counter()
+    request_id: Any = None
+    method_name = ""
+    params: Any = {}
+    key: keys.KeyInfo | None = None
+    try:
+        body = _decode(raw)
+        if isinstance(body, dict) and _valid_id(body.get("id")):
+            request_id = body["id"]  # echoed even when the rest of the request is refused
+        method_name, params = _envelope(body)
+        method = METHODS.get(method_name)
+        if method is None:
+            raise ApiError(METHOD_NOT_FOUND, "method_not_found",
+                           f"no method {querylang.short(method_name)!r}; see docs/api.md",
+                           field="method", value=querylang.short(method_name))
+        key = _authenticate(ctx, params, bearer, remote_addr)
+        if not key.allows(method.right):
+            raise ApiError(FORBIDDEN, "forbidden",
+                           f"key {key.name!r} lacks the right {method.right} that "
+                           f"{method_name} needs", field="method", value=method_name)
+        unexpected = sorted(set(params) - method.params - {"access_token"})
+        if unexpected:
+            raise problem("unexpected_parameters",
+                          f"{method_name} takes no parameter {unexpected[0]!r}",
+                          querylang.short(unexpected[0]))
+        result = method.run(ctx, params, limits_of(ctx), key)
+        answer: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "result": result}
+        outcome = "ok"
+    except ApiError as exc:
+        answer = _error_answer(request_id, exc)
+        outcome = exc.mnemonic
+    except sqlite3.Error as exc:  # the database, not the request, is at fault
+        log.exception("admin API %s: database error", method_name)
+        answer = _error_answer(request_id, ApiError(
+            INTERNAL_ERROR, "internal_error", f"the database failed: {exc}"))
+        outcome = "internal_error"
+    known = method_name if method_name in METHODS else "other"
+    ctx.metrics.observe_api(known, outcome)
+    try:
+        ctx.store.log_request(
+            source="admin", key_name=None if key is None else key.name,
+            method=method_name[:100], params=requestlog.mask(params), outcome=outcome,
+            status=200, duration_ms=round((time.perf_counter() - started) * 1000, 3))
+    except sqlite3.Error:
+        log.exception("could not write the request log")
+    return answer
+
+
+def _decode(raw: bytes) -> Any:
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        for name, value in items:
+            if name in result:
+                raise ApiError(PARSE_ERROR, "parse_error",
+                               f"the key {querylang.short(name)!r} appears twice in one object")
+            result[name] = value
+        return result
+
+    def constant(name: str) -> Any:
+        raise ApiError(PARSE_ERROR, "parse_error", f"{name} is not valid JSON")
+
+    try:
+        data = json.loads(raw.decode("utf-8"), object_pairs_hook=pairs, parse_constant=constant)
+    except UnicodeDecodeError:
+        raise ApiError(PARSE_ERROR, "parse_error", "the body is not UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise ApiError(PARSE_ERROR, "parse_error", f"the body is not JSON: {exc.msg} at line "
+                       f"{exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise ApiError(PARSE_ERROR, "parse_error", "the body is nested too deeply") from None
+    except ValueError as exc:  # CPython refuses integers of over 4300 digits
+        raise ApiError(PARSE_ERROR, "parse_error", f"the body is not usable JSON: "
+                       f"{str(exc)[:100]}") from None
+    try:  # "\ud800" is valid JSON but no text: it could not be logged or stored
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(PARSE_ERROR, "parse_error", "the body holds a lone surrogate escape"
+                       ) from None
+    return data
+
+
+def _valid_id(value: Any) -> bool:
+    return (isinstance(value, str) and len(value) <= 100) or querylang.is_int(value)
+
+
+def _envelope(body: Any) -> tuple[str, dict[str, Any]]:
+    """The method name and params of a well-formed request object."""
+    if isinstance(body, list):
+        raise ApiError(NOT_SUPPORTED, "batch_not_supported", "send one request per POST")
+    if not isinstance(body, dict):
+        raise ApiError(INVALID_REQUEST, "invalid_request", "the body must be a JSON-RPC 2.0 "
+                       "request object")
+    if body.get("jsonrpc") != "2.0":
+        raise ApiError(INVALID_REQUEST, "invalid_request", 'jsonrpc must be "2.0"',
+                       field="jsonrpc", value=querylang.short(body.get("jsonrpc")))
+    if body.get("id") is None:
+        raise ApiError(NOT_SUPPORTED, "notification_not_supported",
+                       "a request needs an id (notifications are not supported)", field="id")
+    if not _valid_id(body["id"]):
+        raise ApiError(INVALID_REQUEST, "invalid_request", "id must be a string or an integer",
+                       field="id", value=querylang.short(body["id"]))
+    extra = sorted(set(body) - {"jsonrpc", "id", "method", "params"})
+    if extra:
+        raise ApiError(INVALID_REQUEST, "invalid_request", "unexpected member of the request",
+                       field=querylang.short(extra[0]))
+    method = body.get("method")
+    if not isinstance(method, str):
+        raise ApiError(INVALID_REQUEST, "invalid_request", "method must be a string",
+                       field="method", value=querylang.short(method))
+    params = body.get("params", {})
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise ApiError(INVALID_PARAMS, "invalid_parameter_value", "params must be an object",
+                       field="params", value=querylang.short(params))
+    return method, params
+
+
+def _authenticate(ctx: Context, params: dict[str, Any], bearer: str | None,
+                  remote_addr: str | None) -> keys.KeyInfo:
+    """The key of this request: ``params.access_token`` (as UIS does), else the bearer token,
+    else loopback access when allowed."""
+    token = params.get("access_token")
+    if token is not None and not isinstance(token, str):
+        raise ApiError(AUTH_ERROR, "access_token_invalid", "access_token must be a string",
+                       field="access_token")
+    token = token or bearer
+    if not token:
+        if keys.loopback_allowed(ctx.settings.admin.allow_loopback_without_key, remote_addr):
+            return keys.LOOPBACK
+        raise ApiError(AUTH_ERROR, "access_token_invalid", "an API key is required: "
+                       "params.access_token or Authorization: Bearer", field="access_token")
+    key = keys.find(ctx.store, token)
+    if key is None:
+        raise ApiError(AUTH_ERROR, "access_token_invalid", "no such API key",
+                       field="access_token")
+    if not key.active:
+        raise ApiError(AUTH_ERROR, "access_token_blocked", f"the key {key.name!r} was revoked",
+                       field="access_token")
+    return key
+
+
+def _error_answer(request_id: Any, exc: ApiError) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "error": {
+        "code": exc.code, "message": exc.message,
+        "data": {"mnemonic": exc.mnemonic, "field": exc.field, "value": exc.value},
+    }}
+
+
+def register(app: QuartTrio, ctx: Context) -> None:
+    """Add ``POST /api/v1`` to ``app``."""
+    from quart import Response, request  # quart is heavy: imported only by a serving daemon
+
+    @app.route(PATH, methods=["POST"])
+    async def admin_api() -> Any:
+        raw = await request.get_data(cache=False)
+        raw = raw.encode() if isinstance(raw, str) else raw
+        answer = handle(ctx, raw, bearer=keys.bearer(request.headers.get("Authorization")),
+                        remote_addr=request.remote_addr)
+        return Response(json.dumps(answer, ensure_ascii=False, default=str),
+                        content_type="application/json; charset=utf-8",
+                        headers={"Cache-Control": "no-store"})

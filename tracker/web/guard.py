@@ -1,0 +1,210 @@
+"""Request guards: who may send UIS notifications, and how long any request may take.
+
+Sender allow-list: ``uis.allowed_ips`` (addresses or CIDR networks; empty lets anyone through,
+the secret in the URL still guards). Behind a reverse proxy every peer is the proxy: list it in
+``server.trusted_proxies`` and the sender is read from ``X-Forwarded-For``, right to left,
+skipping trusted hops. The header is ignored when the peer is not a trusted proxy, since anyone
+can write one. A refused sender gets 403 and nothing is stored.
+
+Size and time: before any route runs, the body is read in full, up to ``server.max_body_bytes``
+(more: 413) within ``server.request_timeout_seconds`` (slower: 408). The route then has that long
+again to start its answer (503 otherwise) and that long to send it; an idle or half-sent
+connection is closed after it too (hypercorn's keep-alive timeout, set by the service). Reading
+the body first is also a workaround: quart-trio sometimes never sends an answer that a route
+gave before the request body had arrived (seen with hypercorn 0.18, quart-trio 0.12: about one
+POST in ten whose route does not read the body, such as a 404 for a wrong secret).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import trio
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from tracker.context import Context
+
+log = logging.getLogger(__name__)
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+NOTIFICATION_PREFIX = "/webhooks/uis/"
+
+
+def networks(texts: Iterable[str]) -> tuple[Network, ...]:
+    """Parse addresses and CIDRs (validated by the config already)."""
+    return tuple(ipaddress.ip_network(text.strip(), strict=False) for text in texts)
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    text = text.strip()
+    if text.startswith("[") and "]" in text:  # "[::1]:8080"
+        text = text[1:text.index("]")]
+    elif text.count(":") == 1:  # "203.0.113.7:5060"
+        text = text.split(":", 1)[0]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _inside(address: Any, nets: Sequence[Network]) -> bool:
+    return address is not None and any(address in net for net in nets)
+
+
+def sender(peer: str | None, forwarded_for: Sequence[str],
+           trusted: Sequence[Network]) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address that sent a request: the peer, or when the peer is a trusted proxy, the first
+    untrusted hop of ``X-Forwarded-For`` counted from the right. None when it cannot be told."""
+    address = _address(peer or "")
+    if not _inside(address, trusted):
+        return address
+    hops = [hop for header in forwarded_for for hop in header.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        address = _address(hop)
+        if address is None:
+            return None  # a garbled chain proves nothing
+        if not _inside(address, trusted):
+            return address
+    return address  # every hop is trusted: the request came from the proxies themselves
+
+
+def allowed(peer: str | None, forwarded_for: Sequence[str], allow: Sequence[Network],
+            trusted: Sequence[Network]) -> bool:
+    """Whether a notification from this peer (and forwarding chain) may be accepted."""
+    return not allow or _inside(sender(peer, forwarded_for, trusted), allow)
+
+
+def register(app: QuartTrio, ctx: Context) -> None:
+    """Install the size and time limits and the sender allow-list on ``app``."""
+    server = ctx.settings.server
+    app.config["MAX_CONTENT_LENGTH"] = server.max_body_bytes
+    app.config["BODY_TIMEOUT"] = server.request_timeout_seconds
+    app.config["RESPONSE_TIMEOUT"] = server.request_timeout_seconds
+    app.asgi_app = with_limits(
+        app.asgi_app, max_body_bytes=server.max_body_bytes,
+        timeout_seconds=server.request_timeout_seconds)
+    allow = networks(ctx.settings.uis.allowed_ips)
+    trusted = networks(server.trusted_proxies)
+    if not allow:
+        return
+
+    @app.before_request
+    async def check_sender() -> Response | None:
+        if not request.path.startswith(NOTIFICATION_PREFIX):
+            return None
+        refusal = sender_refusal(request.scope, allow, trusted)
+        if refusal is None:
+            return None
+        return Response(json.dumps(refusal), status=403,
+                        content_type="application/json; charset=utf-8")
+
+
+def sender_refusal(scope: Any, allow: Sequence[Network],
+                   trusted: Sequence[Network]) -> dict[str, str] | None:
+    """The 403 body (logged) when the sender of this ASGI request may not send notifications."""
+    if not allow:
+        return None
+    client = scope.get("client")
+    peer = client[0] if client else None
+    chain = [value.decode("latin-1") for value in header_values(scope, b"x-forwarded-for")]
+    if allowed(peer, chain, allow, trusted):
+        return None
+    # Never log the path: it holds the webhook secret.
+    log.warning("refused a UIS notification from %s (not in uis.allowed_ips)",
+                sender(peer, chain, trusted) or peer)
+    return {"error": "forbidden", "message": "this sender is not in uis.allowed_ips"}
+
+
+def with_limits(asgi_app: Any, *, max_body_bytes: int, timeout_seconds: float) -> Any:
+    """ASGI middleware: read the whole body first (413 over ``max_body_bytes``, 408 when it takes
+    over ``timeout_seconds``), then give the app ``timeout_seconds`` to start its answer (503)."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope.get("type") != "http":
+            await asgi_app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > max_body_bytes:
+            await _refuse(send, 413, "body_too_large", f"body over {max_body_bytes} bytes")
+            return
+        messages: list[dict[str, Any]] = []
+        size = 0
+        started = False
+        # One cancel scope for both limits (this runs for every request): its deadline is moved
+        # once the body is in, and lifted once the answer starts.
+        deadline = trio.CancelScope(deadline=trio.current_time() + timeout_seconds)
+
+        async def replay() -> dict[str, Any]:
+            if messages:
+                return messages.pop(0)
+            message: dict[str, Any] = await receive()  # http.disconnect, eventually
+            return message
+
+        async def tracking_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            if message.get("type") == "http.response.start" and not started:
+                started = True
+                # From here quart's RESPONSE_TIMEOUT (or the response's own) bounds the sending:
+                # a server-sent-events stream answers at once and then runs for long.
+                deadline.deadline = math.inf
+            await send(message)
+
+        body_read = False
+        with deadline:
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return  # the client went away
+                size += len(message.get("body", b""))
+                if size > max_body_bytes:
+                    await _refuse(send, 413, "body_too_large", f"body over {max_body_bytes} bytes")
+                    return
+                messages.append(message)
+                if not message.get("more_body", False):
+                    break
+            body_read = True
+            deadline.deadline = trio.current_time() + timeout_seconds
+            await asgi_app(scope, replay, tracking_send)
+        if not deadline.cancelled_caught:
+            return
+        if not body_read:
+            await _refuse(send, 408, "request_timeout",
+                          f"the body did not arrive within {timeout_seconds:g} s")
+        elif not started:
+            log.warning("a %s request took over %g s: answered 503", scope.get("method"),
+                        timeout_seconds)
+            await _refuse(send, 503, "timeout", f"no answer within {timeout_seconds:g} s")
+
+    return app
+
+
+def header_values(scope: Any, wanted: bytes) -> list[bytes]:
+    """Every value of the (lower-case) header ``wanted`` in an ASGI request, in order."""
+    return [bytes(value) for name, value in scope.get("headers") or []
+            if name.lower() == wanted]
+
+
+def _content_length(scope: dict[str, Any]) -> int | None:
+    values = header_values(scope, b"content-length")
+    try:
+        return int(values[0]) if values else None
+    except ValueError:
+        return None
+
+
+async def _refuse(send: Any, status: int, error: str, message: str) -> None:
+    body = json.dumps({"error": error, "message": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json; charset=utf-8"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
