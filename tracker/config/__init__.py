@@ -1,29 +1,38 @@
-"""Settings: typed, frozen dataclasses and their parsing from TOML and the environment."""
+"""Settings: typed, frozen dataclasses (``settings``) and their parsing (``parse``)."""
 
+from tracker.config.parse import SCHEMA, load, parse
 from tracker.config.settings import (
     CRM_STATUSES,
     DEFAULT_STATUS_MAPPING,
-    SCHEMA,
+    AdminSettings,
+    AttributionSettings,
     ClickSettings,
     CrmSettings,
+    CustomerSettings,
+    DatabaseSettings,
+    DealSettings,
     Employee,
+    OrderSettings,
     RateLimitSettings,
     ReconcileSettings,
     RetentionSettings,
     RoutingSettings,
     Secret,
+    ServerSettings,
     Settings,
     StatusSyncSettings,
+    TaskSettings,
+    UiSettings,
     UisSettings,
     dial_string,
-    load,
-    parse,
 )
 from tracker.errors import ConfigError
 
 __all__ = [
-    "CRM_STATUSES", "DEFAULT_STATUS_MAPPING", "SCHEMA", "ClickSettings", "ConfigError",
-    "CrmSettings", "Employee", "RateLimitSettings", "ReconcileSettings", "RetentionSettings",
-    "RoutingSettings", "Secret", "Settings", "StatusSyncSettings", "UisSettings", "dial_string",
-    "load", "parse",
+    "CRM_STATUSES", "DEFAULT_STATUS_MAPPING", "SCHEMA", "AdminSettings", "AttributionSettings",
+    "ClickSettings", "ConfigError", "CrmSettings", "CustomerSettings", "DatabaseSettings",
+    "DealSettings", "Employee", "OrderSettings", "RateLimitSettings", "ReconcileSettings",
+    "RetentionSettings", "RoutingSettings", "Secret", "ServerSettings", "Settings",
+    "StatusSyncSettings", "TaskSettings", "UiSettings", "UisSettings", "dial_string", "load",
+    "parse",
 ]

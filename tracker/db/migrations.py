@@ -1,0 +1,244 @@
+"""The schema's versioned migrations, applied in order at start-up (``Store.migrate``).
+
+Migration N brings a database from version N-1 to N; ``PRAGMA user_version`` holds the version.
+A migration is appended, never edited once released.
+"""
+
+from __future__ import annotations
+
+import sqlite_utils
+
+
+def _migration_1(db: sqlite_utils.Database) -> None:
+    db["calls"].create(
+        {
+            "id": int,
+            "state": str,
+            "direction": str,
+            "contact_phone": str,
+            "contact_name": str,
+            "virtual_phone": str,
+            "started_at": float,
+            "finished_at": float,
+            "updated_at": float,
+            "talked": int,
+            "talk_seconds": int,
+            "wait_seconds": int,
+            "total_seconds": int,
+            "rang": str,
+            "carded": str,
+            "closed": str,
+            "cards_open": str,
+            "talked_employee_id": int,
+            "external_id": str,
+            "file_link": str,
+            "record_url": str,
+        },
+        pk="id",
+        not_null={"state"},
+    )
+    db["calls"].create_index(["state", "updated_at"])
+    db["calls"].create_index(["updated_at"])
+    db["events"].create(
+        {
+            "id": int,
+            "received_at": float,
+            "call_id": int,
+            "event": str,
+            "outcome": str,
+            "dedupe_key": str,
+            "duplicates": int,
+            "state_before": str,
+            "state_after": str,
+            "error": str,
+            "method": str,
+            "body": str,
+        },
+        pk="id",
+        defaults={"duplicates": 0},
+    )
+    db["events"].create_index(["dedupe_key"], unique=True)
+    db["events"].create_index(["call_id", "id"])
+    db["outbox"].create(
+        {
+            "id": int,
+            "lane": str,
+            "call_id": int,
+            "kind": str,
+            "priority": int,
+            "payload": str,
+            "status": str,
+            "attempts": int,
+            "next_at": float,
+            "created_at": float,
+            "updated_at": float,
+            "last_error": str,
+            "request": str,
+            "response": str,
+        },
+        pk="id",
+        not_null={"lane", "kind", "status"},
+        defaults={"attempts": 0, "priority": 0},
+    )
+    db["outbox"].create_index(["status", "lane", "id"])
+    db["outbox"].create_index(["call_id", "id"])
+    db["warnings"].create(
+        {
+            "id": int,
+            "kind": str,
+            "subject": str,
+            "message": str,
+            "count": int,
+            "first_at": float,
+            "last_at": float,
+        },
+        pk="id",
+    )
+    db["warnings"].create_index(["kind", "subject"], unique=True)
+    # The request log: admin API calls and retailCRM callbacks (make-call, user-status).
+    db["api_requests"].create(
+        {
+            "id": int,
+            "at": float,
+            "source": str,  # "admin" | "crm" | "uis"
+            "key_name": str,
+            "method": str,
+            "params": str,  # JSON, secrets masked
+            "outcome": str,  # "ok" or an error mnemonic
+            "status": int,  # HTTP status answered
+            "duration_ms": float,
+        },
+        pk="id",
+    )
+    db["api_requests"].create_index(["at"])
+
+
+def _migration_2(db: sqlite_utils.Database) -> None:
+    """Issue 3: click-to-call journal, employee status journal and what each side last showed."""
+    # Every make-call request that passed the clientId check. It is also the double-click
+    # guard: a click row younger than click.dedupe_seconds for the same employee and number.
+    db["clicks"].create(
+        {
+            "id": int,
+            "at": float,
+            "crm_user_id": int,
+            "code": str,
+            "uis_id": int,
+            "phone": str,  # as retailCRM sent it
+            "contact": str,  # normalised digits dialled
+            "virtual_phone": str,
+            "external_id": str,  # sent to start.employee_call; UIS echoes it in notifications
+            "outcome": str,  # pending | started | duplicate | timeout | an error mnemonic
+            "message": str,
+            "call_session_id": int,
+            "duplicate_of": int,
+            "duration_ms": float,
+        },
+        pk="id",
+    )
+    db["clicks"].create_index(["uis_id", "contact", "at"])
+    db["clicks"].create_index(["external_id"])
+    # Every status change in either direction, with the outbox row that carries it.
+    db["status_changes"].create(
+        {
+            "id": int,
+            "at": float,
+            "direction": str,  # "crm_to_uis" | "uis_to_crm"
+            "uis_id": int,
+            "crm_user_id": int,
+            "crm_status": str,
+            "uis_state": str,
+            "outcome": str,  # queued | echo | baseline | in_sync
+            "outbox_id": int,
+        },
+        pk="id",
+    )
+    db["status_changes"].create_index(["uis_id", "id"])
+    # What each side last showed for an employee, and who made it so: the echo guard.
+    db["employee_presence"].create(
+        {
+            "uis_id": int,
+            "crm_user_id": int,
+            "crm_status": str,
+            "crm_by": str,  # "crm" (a user changed it) | "tracker" (we pushed it)
+            "crm_at": float,
+            "uis_state": str,
+            "uis_by": str,  # "uis" (seen by polling) | "tracker" (we set it)
+            "uis_at": float,
+        },
+        pk="uis_id",
+    )
+
+
+def _migration_3(db: sqlite_utils.Database) -> None:
+    """Issue 4: API keys, and the employee mapping as live data (seeded from [[employees]])."""
+    db["api_keys"].create(
+        {
+            "id": int,
+            "name": str,
+            "rights": str,  # JSON array
+            "token_hash": str,  # sha256 of the key; the key itself is never stored
+            "hint": str,  # the key's first characters, to tell keys apart in `keys list`
+            "created_at": float,
+            "last_used_at": float,
+            "revoked_at": float,
+        },
+        pk="id",
+        not_null={"name", "rights", "token_hash", "created_at"},
+    )
+    db.execute("CREATE UNIQUE INDEX api_keys_token_hash ON api_keys(token_hash)")
+    db.execute("CREATE UNIQUE INDEX api_keys_active_name ON api_keys(name)"
+               " WHERE revoked_at IS NULL")
+    db["employees"].create(
+        {
+            "id": int,  # the UIS employee id
+            "crm_user_id": int,
+            "code": str,
+            "phone": str,
+            "full_name": str,
+            "tags": str,  # JSON array
+            "updated_at": float,
+        },
+        pk="id",
+        not_null={"crm_user_id", "code"},
+    )
+    db["employees"].create_index(["code"])
+    db["employees"].create_index(["crm_user_id"])
+    db["api_requests"].create_index(["key_name", "at"])
+
+
+def _migration_4(db: sqlite_utils.Database) -> None:
+    """Issue 5: sweeper, reconciliation, hardening (filled in by that work)."""
+    # sweeper/reconcile
+    # Why a call ended without its own end notification (sweeper, backfill), for the operator.
+    db["calls"].add_column("end_reason", str)
+    # The sweeper's bookkeeping: Data API lookups that did not find the session, when to look
+    # again, and what the last lookup said (shown on the call's timeline).
+    db["calls"].add_column("sweep_attempts", int, not_null_default=0)
+    db["calls"].add_column("sweep_next_at", float)
+    db["calls"].add_column("sweep_note", str)
+    # outbox/hardening
+    # Journal retention (tracker/db/maintenance.py) deletes old rows oldest first, in batches.
+    db["events"].create_index(["received_at"])
+    db["outbox"].create_index(["status", "updated_at"])
+    # When a pop-up's request last left for retailCRM: set before it goes, cleared by an answer
+    # saying nothing was done (429, 503). On a pending row it means the last attempt may have
+    # shown the card (a crash or a lost answer): the outbox then keeps the card for the hangup.
+    db["outbox"].add_column("sent_at", float)
+
+
+def _migration_5(db: sqlite_utils.Database) -> None:
+    """Issue 7: responsible-manager routing. No schema of its own: each decision is an
+    ``events`` row (event ``route``) on its call, and the answer cache lives in memory."""
+
+
+def _migration_6(db: sqlite_utils.Database) -> None:
+    """Issue 6: the dispatcher's look-ups walk these in order and stop early, instead of
+    grouping every pending row by lane on each wake-up (slow with a backlog of thousands)."""
+    db["outbox"].create_index(["status", "priority", "id"])
+    db["outbox"].create_index(["status", "next_at"])
+
+
+MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5,
+              _migration_6]
+
