@@ -22,7 +22,7 @@ from tests.support import (
     open_system,
     settings_for,
 )
-from tracker.features.clicktocall import click_for_session, normalise_phone
+from tracker.features.clicktocall import normalise_phone
 from tracker.simulators.scenarios import record_id
 
 CONTACT = "79991234567"
@@ -354,7 +354,7 @@ async def test_clicked_call_pops_up_out_hangs_up_and_uploads_once(tmp_path, answ
             assert d.ctx.store.call_row(session)["external_id"] == "tracker-click-1"
             [row] = clicks(d)
             assert (row["external_id"], row["call_session_id"]) == ("tracker-click-1", session)
-            assert click_for_session(d.ctx.store, session) == row
+            assert d.ctx.store.click_for_session(session) == row
             asked = [r["params"]["fields"] for r in d.sims.uis.rpc_requests
                      if r.get("method") == "get.calls_report"]
             assert asked == ([] if answered else [["id", "finish_reason"]])

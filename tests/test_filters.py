@@ -1,4 +1,4 @@
-"""The query compiler (no I/O) run against a real, migrated SQLite database."""
+"""The query language (checked in core, compiled in db) against a real, migrated SQLite file."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tracker.core import querylang
+from tracker.db import querysql
 from tracker.db.store import Store
 from tracker.errors import ApiError
 from tracker.web import api
@@ -43,7 +44,7 @@ def store(tmp_path: Path) -> Store:
 
 def run(store: Store, params: dict[str, Any], table: querylang.Table = api.CALLS
         ) -> tuple[list[dict[str, Any]], int]:
-    query = querylang.compile_select(table, params, LIMITS)
+    query = querysql.compile_select(table, params, LIMITS)
     rows = store.conn.execute(query.sql, query.args).fetchall()
     total = store.conn.execute(query.count_sql, query.count_args).fetchone()[0]
     return [querylang.decode_row(tuple(r), query.fields) for r in rows], total
@@ -157,7 +158,7 @@ def test_nulls_mean_not_given(store: Store) -> None:
 
 
 def test_default_limit_applies(store: Store) -> None:
-    query = querylang.compile_select(api.CALLS, {}, querylang.Limits(default_limit=2))
+    query = querysql.compile_select(api.CALLS, {}, querylang.Limits(default_limit=2))
     assert len(store.conn.execute(query.sql, query.args).fetchall()) == 2
 
 
@@ -237,14 +238,14 @@ for _ in range(LIMITS.max_depth):
 def test_refusals_name_the_mnemonic_and_the_field(params: dict[str, Any], mnemonic: str,
                                                   field: str) -> None:
     with pytest.raises(ApiError) as caught:
-        querylang.compile_select(api.CALLS, params, LIMITS)
+        querysql.compile_select(api.CALLS, params, LIMITS)
     assert (caught.value.code, caught.value.mnemonic, caught.value.field) == (-32602, mnemonic,
                                                                             field)
 
 
 def test_long_values_are_cut_in_errors() -> None:
     with pytest.raises(ApiError) as caught:
-        querylang.compile_select(api.CALLS, {"filter": cond("x" * 5000, "=", 1)}, LIMITS)
+        querysql.compile_select(api.CALLS, {"filter": cond("x" * 5000, "=", 1)}, LIMITS)
     assert len(caught.value.value) < 300
 
 
@@ -280,7 +281,7 @@ _params = st.fixed_dictionaries({}, optional={
 @given(_params)
 def test_compiled_sql_holds_only_allow_listed_words(params: dict[str, Any]) -> None:
     try:
-        query = querylang.compile_select(api.CALLS, params, LIMITS)
+        query = querysql.compile_select(api.CALLS, params, LIMITS)
     except ApiError as exc:
         assert exc.code == -32602
         json.dumps({"field": exc.field, "value": exc.value})  # the error is always serialisable

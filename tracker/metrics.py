@@ -139,20 +139,14 @@ class Metrics:
         """Read the gauges from the store (indexed queries only: cheap on a big database)."""
         now = time.time() if now is None else now
         self.database_ok.set(0 if database_damaged else 1)
-        conn = store.conn
-        pending = conn.execute("SELECT count(*), min(created_at), sum(attempts > 0) FROM outbox"
-                               " WHERE status = 'pending'").fetchone()
-        dead = conn.execute("SELECT count(*) FROM outbox WHERE status = 'dead'").fetchone()[0]
-        self.outbox_rows.labels("pending").set(pending[0])
-        self.outbox_rows.labels("retrying").set(pending[2] or 0)
-        self.outbox_rows.labels("dead").set(dead)
-        self.outbox_oldest.set(max(0.0, now - pending[1]) if pending[1] is not None else 0.0)
-        marks = ", ".join("?" for _ in live_states)
-        counts = dict(conn.execute(
-            f"SELECT state, count(*) FROM calls WHERE state IN ({marks}) GROUP BY state",
-            live_states).fetchall()) if live_states else {}
-        for state in live_states:
-            self.calls_in_progress.labels(state).set(counts.get(state, 0))
+        backlog = store.backlog()
+        self.outbox_rows.labels("pending").set(backlog.pending)
+        self.outbox_rows.labels("retrying").set(backlog.retrying)
+        self.outbox_rows.labels("dead").set(backlog.dead)
+        oldest = backlog.oldest_created_at
+        self.outbox_oldest.set(max(0.0, now - oldest) if oldest is not None else 0.0)
+        for state, count in store.count_in_states(live_states).items():
+            self.calls_in_progress.labels(state).set(count)
         self.start_time.set(started_at)
 
     def render(self) -> bytes:

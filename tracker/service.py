@@ -116,7 +116,7 @@ async def serve(
                 await workers.start(outbox.run)
                 await workers.start(intake.run_writer)
                 # commits on the event loop no longer wait for checkpoints: a thread does them
-                store.conn.execute("PRAGMA wal_autocheckpoint=0")
+                store.stop_autocheckpoint()
                 await workers.start(checkpointer.run)
                 await workers.start(background_check.run)
                 await workers.start(maintenance.run_retention, store, settings.retention)

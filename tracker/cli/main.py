@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Sequence
 from functools import partial
 
@@ -162,7 +163,7 @@ def _outbox(args: argparse.Namespace) -> int:
         if not args.all and not args.ids:
             print("tracker outbox retry: give dead letter ids or --all", file=sys.stderr)
             return 2
-        result = maintenance.retry(store, None if args.all else args.ids)
+        result = store.retry_dead(None if args.all else args.ids, time.time())
     finally:
         store.close()
     for row_id, status in result.refused.items():

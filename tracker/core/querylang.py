@@ -1,9 +1,10 @@
-"""The admin API's query language (filter, fields, ids, sort, limit, offset) compiled to SQL.
+"""The admin API's query language (filter, fields, ids, sort, limit, offset): parsed and checked.
 
-No I/O. A request names columns, operators and values; SQL text is assembled only from the
-column names of a ``Table`` (constants in this package) and the operator spellings in
-``OPERATORS``; every value the request gives is a bound parameter. Anything else is refused
-with an ``ApiError`` whose ``field`` is the dot path of the culprit (``filter.filters[1].field``).
+No I/O. A request names columns, operators and values; ``parse_select`` checks each against a
+``Table``'s allow-list and the ``Limits`` and returns a ``Select`` of plain data, which
+``tracker.db.querysql`` turns into SQL (column names and operators from the allow-lists only,
+every value a bound parameter). Anything else is refused with an ``ApiError`` whose ``field``
+is the dot path of the culprit (``filter.filters[1].field``).
 """
 
 from __future__ import annotations
@@ -20,12 +21,8 @@ from tracker.errors import ApiError
 INVALID_PARAMS = -32602
 QUERY_PARAMS = frozenset({"filter", "fields", "ids", "sort", "limit", "offset"})
 
-# request spelling -> SQL spelling
-OPERATORS = {
-    "=": "=", "!=": "!=", "<": "<", ">": ">", "<=": "<=", ">=": ">=",
-    "in": "IN", "not_in": "NOT IN", "like": "LIKE",
-    "is_null": "IS NULL", "is_not_null": "IS NOT NULL",
-}
+# as a request spells them (db/querysql.py has their SQL)
+OPERATORS = ("=", "!=", "<", ">", "<=", ">=", "in", "not_in", "like", "is_null", "is_not_null")
 _ORDERED = frozenset({"=", "!=", "<", ">", "<=", ">=", "in", "not_in", "is_null", "is_not_null"})
 _BY_KIND = {
     "int": _ORDERED,
@@ -98,44 +95,49 @@ class Limits:
 
 
 @dataclass(frozen=True)
-class Query:
-    """Parameterised SQL for one ``get.*`` request: the page and the total count."""
+class Condition:
+    """``column operator values``: no value for ``is_null``/``is_not_null``, one for the
+    comparisons and ``like``, one or more for ``in``/``not_in``."""
 
-    sql: str
-    args: tuple[Any, ...]
-    count_sql: str
-    count_args: tuple[Any, ...]
+    column: Column
+    operator: str  # one of OPERATORS
+    values: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Group:
+    """Conditions joined by ``and`` or ``or``."""
+
+    condition: str  # "and" | "or"
+    children: tuple[Condition | Group, ...]
+
+
+@dataclass(frozen=True)
+class Select:
+    """One checked ``get.*`` request: what to return, which rows, in which order."""
+
+    table: Table
     fields: tuple[Column, ...]
+    ids: tuple[int, ...] | None
+    filter: Condition | Group | None
+    sort: tuple[tuple[str, str], ...]  # (column, "asc" | "desc"), ending in a total order
     limit: int
     offset: int
 
 
-def compile_select(table: Table, params: Mapping[str, Any], limits: Limits) -> Query:
-    """SQL for ``params`` (only the keys in ``QUERY_PARAMS`` are read; null means absent)."""
+def parse_select(table: Table, params: Mapping[str, Any], limits: Limits) -> Select:
+    """Check ``params`` (only the keys in ``QUERY_PARAMS`` are read; null means absent)."""
     fields = _fields(table, params.get("fields"))
-    where: list[str] = []
-    args: list[Any] = []
+    ids = None
     if params.get("ids") is not None:
-        ids = parse_ids(params["ids"], limits, "ids")
-        where.append(f"id IN ({', '.join('?' for _ in ids)})")
-        args.extend(ids)
+        ids = tuple(parse_ids(params["ids"], limits, "ids"))
+    where = None
     if params.get("filter") is not None:
-        state = _State(limits)
-        where.append(_node(table, params["filter"], "filter", 1, state, args))
+        where = _node(table, params["filter"], "filter", 1, _State(limits))
     order = _sort(table, params.get("sort"), limits)
     limit = _count_param(params.get("limit"), "limit", limits.default_limit, 1, limits.max_limit)
     offset = _count_param(params.get("offset"), "offset", 0, 0, limits.max_offset)
-    where_sql = f" WHERE {' AND '.join(where)}" if where else ""
-    columns = ", ".join(c.name for c in fields)
-    return Query(
-        sql=f"SELECT {columns} FROM {table.name}{where_sql} ORDER BY {order} LIMIT ? OFFSET ?",
-        args=(*args, limit, offset),
-        count_sql=f"SELECT count(*) FROM {table.name}{where_sql}",
-        count_args=tuple(args),
-        fields=fields,
-        limit=limit,
-        offset=offset,
-    )
+    return Select(table, fields, ids, where, order, limit, offset)
 
 
 def decode_row(row: Sequence[Any], fields: Sequence[Column]) -> dict[str, Any]:
@@ -177,7 +179,7 @@ class _State:
         self.conditions = 0
 
 
-def _node(table: Table, node: Any, path: str, depth: int, state: _State, args: list[Any]) -> str:
+def _node(table: Table, node: Any, path: str, depth: int, state: _State) -> Condition | Group:
     if not isinstance(node, dict):
         raise problem("invalid_parameter_value",
                       "a filter is {field, operator, value} or {filters: [...], condition}",
@@ -186,12 +188,11 @@ def _node(table: Table, node: Any, path: str, depth: int, state: _State, args: l
         raise problem("limit_exceeded", f"filters nest at most {state.limits.max_depth} deep",
                       path)
     if "filters" in node:
-        return _group(table, node, path, depth, state, args)
-    return _condition(table, node, path, state, args)
+        return _group(table, node, path, depth, state)
+    return _condition(table, node, path, state)
 
 
-def _group(table: Table, node: dict[str, Any], path: str, depth: int, state: _State,
-           args: list[Any]) -> str:
+def _group(table: Table, node: dict[str, Any], path: str, depth: int, state: _State) -> Group:
     _no_extra(node, {"filters", "condition"}, path)
     condition = node.get("condition", "and")
     if condition not in ("and", "or"):
@@ -201,13 +202,11 @@ def _group(table: Table, node: dict[str, Any], path: str, depth: int, state: _St
     if not isinstance(children, list) or not children:
         raise problem("invalid_parameter_value", "filters must be a non-empty array",
                       f"{path}.filters", short(children))
-    parts = [_node(table, child, f"{path}.filters[{i}]", depth + 1, state, args)
-             for i, child in enumerate(children)]
-    return "(" + f" {condition.upper()} ".join(parts) + ")"
+    return Group(condition, tuple(_node(table, child, f"{path}.filters[{i}]", depth + 1, state)
+                                  for i, child in enumerate(children)))
 
 
-def _condition(table: Table, node: dict[str, Any], path: str, state: _State,
-               args: list[Any]) -> str:
+def _condition(table: Table, node: dict[str, Any], path: str, state: _State) -> Condition:
     _no_extra(node, {"field", "operator", "value"}, path)
     state.conditions += 1
     if state.conditions > state.limits.max_conditions:
@@ -232,12 +231,11 @@ def _condition(table: Table, node: dict[str, Any], path: str, state: _State,
         raise problem("invalid_parameter_value",
                       f"{operator} does not apply to {column.name} ({column.kind})",
                       f"{path}.operator", operator)
-    sql_operator = OPERATORS[operator]
     if operator in ("is_null", "is_not_null"):
         if node.get("value") is not None:
             raise problem("invalid_parameter_value", f"{operator} takes no value",
                           f"{path}.value", short(node["value"]))
-        return f"{column.name} {sql_operator}"
+        return Condition(column, operator, ())
     if "value" not in node:
         raise problem("required_parameter_missing", "a condition needs a value",
                       f"{path}.value")
@@ -249,14 +247,9 @@ def _condition(table: Table, node: dict[str, Any], path: str, state: _State,
         if len(value) > state.limits.max_values:
             raise problem("limit_exceeded", f"at most {state.limits.max_values} values",
                           f"{path}.value", len(value))
-        items = [_value(column, v, f"{path}.value[{i}]", state.limits)
-                 for i, v in enumerate(value)]
-        args.extend(items)
-        return f"{column.name} {sql_operator} ({', '.join('?' for _ in items)})"
-    args.append(_value(column, value, f"{path}.value", state.limits))
-    if operator == "like":
-        return f"{column.name} LIKE ? ESCAPE '\\'"
-    return f"{column.name} {sql_operator} ?"
+        return Condition(column, operator, tuple(
+            _value(column, v, f"{path}.value[{i}]", state.limits) for i, v in enumerate(value)))
+    return Condition(column, operator, (_value(column, value, f"{path}.value", state.limits),))
 
 
 def _value(column: Column, value: Any, path: str, limits: Limits) -> Any:
@@ -295,7 +288,7 @@ def _fields(table: Table, raw: Any) -> tuple[Column, ...]:
     return tuple(chosen)
 
 
-def _sort(table: Table, raw: Any, limits: Limits) -> str:
+def _sort(table: Table, raw: Any, limits: Limits) -> tuple[tuple[str, str], ...]:
     items = [{"field": f, "order": o} for f, o in table.default_sort] if raw is None else raw
     if not isinstance(items, list) or not items:
         raise problem("invalid_parameter_value",
@@ -303,7 +296,7 @@ def _sort(table: Table, raw: Any, limits: Limits) -> str:
     if len(items) > limits.max_sort:
         raise problem("limit_exceeded", f"at most {limits.max_sort} sort fields", "sort",
                       len(items))
-    parts: list[str] = []
+    parts: list[tuple[str, str]] = []
     seen: set[str] = set()
     for index, item in enumerate(items):
         path = f"sort[{index}]"
@@ -323,10 +316,10 @@ def _sort(table: Table, raw: Any, limits: Limits) -> str:
             raise problem("invalid_parameter_value", "sorted on twice", f"{path}.field",
                           column.name)
         seen.add(column.name)
-        parts.append(f"{column.name} {order.upper()}")
+        parts.append((column.name, order))
     if "id" not in seen:
-        parts.append("id ASC")  # a total order, so that pages never overlap or skip rows
-    return ", ".join(parts)
+        parts.append(("id", "asc"))  # a total order, so that pages never overlap or skip rows
+    return tuple(parts)
 
 
 def _count_param(raw: Any, field: str, default: int, low: int, high: int) -> int:

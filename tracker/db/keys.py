@@ -140,6 +140,12 @@ def all_keys(store: Store) -> list[KeyInfo]:
     return [_info(r) for r in rows]
 
 
+def count_active(store: Store) -> int:
+    """How many keys are not revoked."""
+    return int(store.conn.execute(
+        "SELECT count(*) FROM api_keys WHERE revoked_at IS NULL").fetchone()[0])
+
+
 def table(items: list[KeyInfo]) -> str:
     """``keys list`` output: one line per key, never the key itself."""
     def when(moment: float | None) -> str:

@@ -1,9 +1,9 @@
-"""Keeping the database: dead letters listed and re-queued, online backups, journal retention.
+"""Keeping the database: dead letters listed, online backups, journal retention.
 
 The command-line helpers work on the database file of a running daemon: SQLite in WAL mode lets
-them read while it writes, and their writes are single short transactions. A dead letter re-queued
-here is picked up by the daemon's dispatcher within ``outbox.EXTERNAL_CHECK_SECONDS``. Only dead
-rows can be re-queued, so a replay never repeats a delivered action; and a repeated upload is a
+them read while it writes, and their writes are single short transactions. A dead letter
+re-queued from the command line (``Store.retry_dead``, the one rule of every retry) is picked up
+by the daemon's dispatcher within ``dispatcher.EXTERNAL_CHECK_SECONDS``; a repeated upload is a
 duplicate to retailCRM (its ``externalId`` is the UIS session id).
 
 Retention deletes, in small batches, journal rows older than ``retention.journal_days`` of calls
@@ -63,14 +63,6 @@ def keep_private(path: Path) -> None:
 # -- dead letters ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Requeued:
-    """What ``retry`` did: the rows queued again, and why the others were not."""
-
-    requeued: list[int]
-    refused: dict[int, str]  # id -> its status ("delivered", …) or "unknown"
-
-
 def dead_letters(store: Store) -> list[dict[str, Any]]:
     """Every dead letter, oldest first."""
     rows = store.conn.execute("SELECT * FROM outbox WHERE status = 'dead' ORDER BY id").fetchall()
@@ -88,26 +80,6 @@ def format_dead_letters(rows: list[dict[str, Any]]) -> str:
         lines.append(f"{row['id']:>7}  {row['call_id'] or '':>12}  {row['kind']:<12}  "
                      f"{row['attempts']:>5}  {since:<19}  {error[:160]}")
     return "\n".join(lines)
-
-
-def retry(store: Store, ids: list[int] | None, now: float | None = None) -> Requeued:
-    """Queue dead letters again (``ids=None``: all of them), due now, in one transaction."""
-    now = time.time() if now is None else now
-    with store.transaction():
-        if ids is None:
-            ids = [r[0] for r in store.conn.execute(
-                "SELECT id FROM outbox WHERE status = 'dead' ORDER BY id")]
-        statuses = {row_id: _status(store, row_id) for row_id in ids}
-        dead = [row_id for row_id, status in statuses.items() if status == "dead"]
-        requeued = store.requeue_dead(dead, now)
-    refused = {row_id: status or "unknown" for row_id, status in statuses.items()
-               if row_id not in requeued}
-    return Requeued(requeued, refused)
-
-
-def _status(store: Store, row_id: int) -> str | None:
-    row = store.conn.execute("SELECT status FROM outbox WHERE id = ?", (row_id,)).fetchone()
-    return None if row is None else str(row[0])
 
 
 # -- backup ------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
-"""The request log's helpers: masking secrets before a row is written, and pruning old rows.
+"""The request log (``api_requests``): rows written, secrets masked before, old rows pruned.
 
-Rows are written with ``Store.log_request`` by the admin API and the retailCRM callbacks; read
-back with ``get.api_requests``. ``run_pruner`` keeps ``admin.request_log_retention_days``.
+Rows are written with ``Store.log_request`` (``RequestLogRows``) by the admin API, the status
+page and the retailCRM callbacks; read back with ``get.api_requests``. ``run_pruner`` keeps
+``admin.request_log_retention_days``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 import trio
 
-from tracker.db.store import Store
+from tracker.db.rows import Rows
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +50,34 @@ def _secret(name: Any) -> bool:
     return any(word in lowered for word in _SECRET_WORDS)
 
 
-def prune(store: Store, retention_days: float, now: float | None = None) -> int:
+class RequestLogRows(Rows):
+    """Queries of the ``api_requests`` table."""
+
+    def log_request(self, *, source: str, method: str, params: dict[str, Any], outcome: str,
+                    status: int, duration_ms: float, key_name: str | None = None,
+                    at: float | None = None) -> None:
+        """Append to the request log; ``params`` must already have its secrets masked."""
+        self.conn.execute(
+            "INSERT INTO api_requests (at, source, key_name, method, params, outcome, status,"
+            " duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (time.time() if at is None else at, source, key_name, method,
+             json.dumps(params, ensure_ascii=False, default=str), outcome, status, duration_ms),
+        )
+
+    def prune_request_log(self, before: float) -> int:
+        """Delete the rows logged before ``before``; return how many."""
+        return self.conn.execute("DELETE FROM api_requests WHERE at < ?", (before,)).rowcount
+
+
+def prune(store: RequestLogRows, retention_days: float, now: float | None = None) -> int:
     """Delete request-log rows older than the retention; return how many. 0 days keeps all."""
     if retention_days <= 0:
         return 0
     now = time.time() if now is None else now
-    cursor = store.conn.execute("DELETE FROM api_requests WHERE at < ?",
-                                (now - retention_days * 86400,))
-    return cursor.rowcount
+    return store.prune_request_log(now - retention_days * 86400)
 
 
-async def run_pruner(store: Store, retention_days: float, *,
+async def run_pruner(store: RequestLogRows, retention_days: float, *,
                      every_seconds: float = PRUNE_EVERY_SECONDS,
                      task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Prune now (before reporting started), then every ``every_seconds``, until cancelled."""

@@ -14,7 +14,6 @@ import os
 import platform
 import signal
 import socket
-import sqlite3
 import sys
 import tempfile
 import time
@@ -27,6 +26,8 @@ from typing import Any
 import httpx
 import trio
 
+from tracker.core.calls import FINAL_STATES
+from tracker.db.store import Store
 from tracker.simulators import CrmSimulator, UisSimulator
 from tracker.web.httpserve import serve_app
 
@@ -271,9 +272,8 @@ async def _ingest(tmp: Path, size: Size, uis_url: str, crm: CrmSimulator,
                                         1 + round_ * 100_000_000)
                 result["daemon_cpu"] = (_cpu_seconds(daemon.pid) - cpu_before) / seconds
                 ingests.append(result)
-        with contextlib.closing(sqlite3.connect(daemon.db)) as conn:
-            stored = conn.execute(
-                "SELECT count(*) FROM events WHERE outcome = 'accepted'").fetchone()[0]
+        with contextlib.closing(Store(daemon.db)) as store:
+            stored = store.count_events("accepted")
     finally:
         crm.fault = None
         await daemon.stop()
@@ -362,9 +362,9 @@ async def _memory(tmp: Path, size: Size, uis_url: str, crm: CrmSimulator,
                        max_requests=size.live_calls * 2)
         async with httpx.AsyncClient(timeout=5) as client:
             await client.get(f"{daemon.url}/healthz")
-        with sqlite3.connect(daemon.db) as conn:
-            live = conn.execute("SELECT count(*) FROM calls WHERE state NOT IN ('ended', 'lost')"
-                                ).fetchone()[0]
+        with contextlib.closing(Store(daemon.db)) as store:
+            live = sum(n for state, n in store.count_by_state().items()
+                       if state not in FINAL_STATES)
         return {"live_calls": live, "rss_mb": _rss_mb(daemon.pid), "idle_rss_mb": before}
     finally:
         await daemon.stop()
@@ -408,19 +408,13 @@ async def partial_post(client: httpx.AsyncClient, url: str, body: dict[str, Any]
 
 
 async def _startup(tmp: Path, size: Size, uis_url: str, crm_url: str) -> dict[str, Any]:
-    from tracker.db.store import Store
-
     db = tmp / "startup.db"
-    store = Store(db)
-    store.migrate()
-    store.close()
-    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+    with contextlib.closing(Store(db)) as store:
+        store.migrate()
         body = json.dumps({"event": "incoming_call", "call_session_id": 1, "pad": "x" * 200})
         now = time.time()
-        conn.executemany(
-            "INSERT INTO events (received_at, call_id, event, outcome, dedupe_key, method, body)"
-            " VALUES (?, ?, 'incoming_call', 'accepted', ?, 'POST', ?)",
-            ((now, i // 5, f"k{i}", body) for i in range(size.journal_rows)))
+        store.seed_events((now, i // 5, "incoming_call", "accepted", f"k{i}", "POST", body)
+                          for i in range(size.journal_rows))
     # The first start finds no note of a clean stop (as after a crash): the full integrity check
     # runs before the daemon listens. The second start follows a clean stop: it runs in a thread.
     daemon = _Daemon(tmp, "startup", uis_url, crm_url, db=db)

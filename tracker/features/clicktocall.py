@@ -144,12 +144,14 @@ async def make_call(ctx: Context, params: dict[str, str]) -> Reply:
 
     now = time.time()
     with store.transaction():
-        earlier = _recent_click(store, click, now - ctx.settings.click.dedupe_seconds)
-        click_id = _insert(store, click, now, duplicate_of=earlier["id"] if earlier else None)
+        earlier = store.recent_click(click.employee.uis_id, click.contact,
+                                     now - ctx.settings.click.dedupe_seconds, _LIVE_OUTCOMES)
+        click_id = store.insert_click(click.employee, click.phone, click.contact,
+                                      click.virtual_phone, now,
+                                      duplicate_of=earlier["id"] if earlier else None)
         external_id = f"tracker-click-{click_id}"
         if earlier is None:
-            store.conn.execute("UPDATE clicks SET external_id = ? WHERE id = ?",
-                               (external_id, click_id))
+            store.set_click_external_id(click_id, external_id)
     if earlier is not None:
         body = {"status": "duplicate", "click_id": earlier["id"],
                 "call_session_id": earlier["call_session_id"],
@@ -210,56 +212,19 @@ def _timed_out(deadline: float) -> Reply:
                        "(it will not be retried)")
 
 
-def _recent_click(store: Store, click: Click, since: float) -> dict[str, Any] | None:
-    marks = ", ".join("?" for _ in _LIVE_OUTCOMES)
-    row = store.conn.execute(
-        f"SELECT * FROM clicks WHERE uis_id = ? AND contact = ? AND at >= ?"
-        f" AND outcome IN ({marks}) ORDER BY id LIMIT 1",
-        (click.employee.uis_id, click.contact, since, *_LIVE_OUTCOMES),
-    ).fetchone()
-    return dict(row) if row else None
-
-
-def _insert(store: Store, click: Click, now: float, *, duplicate_of: int | None) -> int:
-    cursor = store.conn.execute(
-        "INSERT INTO clicks (at, crm_user_id, code, uis_id, phone, contact, virtual_phone,"
-        " outcome, duplicate_of) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
-        (now, click.employee.crm_user_id, click.employee.code, click.employee.uis_id,
-         click.phone, click.contact, click.virtual_phone, duplicate_of),
-    )
-    assert cursor.lastrowid is not None
-    return cursor.lastrowid
-
-
 def _finish(store: Store, click_id: int, outcome: str, message: str | None,
             session_id: int | None, started: float) -> None:
-    store.conn.execute(
-        "UPDATE clicks SET outcome = ?, message = ?, call_session_id = ?, duration_ms = ?"
-        " WHERE id = ?",
-        (outcome, message, session_id, round((time.perf_counter() - started) * 1000, 3),
-         click_id),
-    )
+    store.finish_click(click_id, outcome, message, session_id,
+                       round((time.perf_counter() - started) * 1000, 3))
 
 
 def _journal_refusal(store: Store, params: dict[str, str], reply: Reply, started: float) -> None:
     user_id = (params.get("userId") or "").strip()
-    store.conn.execute(
-        "INSERT INTO clicks (at, crm_user_id, code, phone, outcome, message, duration_ms)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (time.time(), int(user_id) if user_id.isascii() and user_id.isdigit()
-         and len(user_id) <= 18 else None,
-         params.get("code"), (params.get("phone") or "")[:64], reply.outcome,
-         reply.body.get("message"), round((time.perf_counter() - started) * 1000, 3)),
-    )
-
-
-def click_for_session(store: Store, session_id: int) -> dict[str, Any] | None:
-    """The click that started a UIS session (by the ``external_id`` UIS echoed), if any."""
-    row = store.conn.execute(
-        "SELECT k.* FROM clicks k JOIN calls c ON c.external_id = k.external_id WHERE c.id = ?",
-        (session_id,),
-    ).fetchone()
-    return dict(row) if row else None
+    store.journal_refused_click(
+        time.time(), int(user_id) if user_id.isascii() and user_id.isdigit()
+        and len(user_id) <= 18 else None,
+        params.get("code"), (params.get("phone") or "")[:64], reply.outcome,
+        reply.body.get("message"), round((time.perf_counter() - started) * 1000, 3))
 
 
 def register(app: QuartTrio, ctx: Context) -> None:

@@ -19,7 +19,6 @@ internal errors and transport failures.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -291,14 +290,13 @@ class Reconciler:
             return
         try:
             with self._store.transaction():
-                if self._known(session_id):
+                if self._store.call_exists(session_id):
                     tally.known += 1
                     return
                 for fields in synthesis.session(row, source=SOURCE):
                     ingest.ingest(self._store, self._chart, self._tz, fields, method=METHOD,
                                   now=now)
-                self._store.conn.execute("UPDATE calls SET end_reason = ? WHERE id = ?",
-                                         (REASON, session_id))
+                self._store.set_end_reason(session_id, REASON)
                 self._store.warn("reconcile", "sessions without notifications",
                                  f"session {session_id} reached tracker only through the Data "
                                  "API report; its notifications never arrived", now)
@@ -314,10 +312,6 @@ class Reconciler:
             tally.answered += 1
         else:
             tally.lost += 1
-
-    def _known(self, session_id: int) -> bool:
-        return self._store.conn.execute(
-            "SELECT 1 FROM calls WHERE id = ?", (session_id,)).fetchone() is not None
 
 
 # -- the backfill command ---------------------------------------------------------------------
@@ -390,7 +384,7 @@ async def run_backfill(settings: Settings, date_from: datetime, date_till: datet
     try:
         async with httpx.AsyncClient() as http:
             uis = UisClient(http, settings.uis, throttle.uis_gate(settings.ratelimit))
-            mark = store.conn.execute("SELECT coalesce(max(id), 0) FROM outbox").fetchone()[0]
+            mark = store.last_outbox_id()
             reconciler = Reconciler(store, chart, tz, uis, settings.reconcile,
                                     on_progress=lambda t: bar.show(_reading_line(t)))
             tally = Tally()
@@ -451,17 +445,11 @@ async def _deliver(store: Store, settings: Settings, http: httpx.AsyncClient, ui
     from tracker.delivery.outbox import Outbox
 
     crm = CrmClient(http, settings.crm, throttle.crm_gate(settings.ratelimit))
-    ids = json.dumps(call_ids)
-    lanes = {r[0] for r in store.conn.execute(
-        "SELECT DISTINCT lane FROM outbox WHERE id > ? AND call_id IN"
-        " (SELECT value FROM json_each(?))", (mark, ids))}
+    lanes = store.lanes_of_calls(call_ids, mark)
     outbox = Outbox(cast(Store, _OwnLanes(store, lanes)), settings, crm, uis)
 
     def counts() -> dict[str, int]:
-        rows = store.conn.execute(
-            "SELECT status, count(*) FROM outbox WHERE id > ? AND call_id IN"
-            " (SELECT value FROM json_each(?)) GROUP BY status", (mark, ids)).fetchall()
-        return {r[0]: r[1] for r in rows}
+        return store.statuses_of_calls(call_ids, mark)
 
     async with trio.open_nursery() as nursery:
         await nursery.start(outbox.run)

@@ -127,7 +127,7 @@ def employee_available(store: Store, sync: StatusSyncSettings, uis_id: int) -> b
     or the state UIS was last seen in or set to. The one place routing asks about availability;
     retailCRM's own view is applied by ``ignoreStatus=0`` in the lookup.
     """
-    known = status_sync.presence(store, uis_id)
+    known = store.presence(uis_id)
     if known is None:
         return None
     sides = []

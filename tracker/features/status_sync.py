@@ -30,7 +30,6 @@ from quart_trio import QuartTrio
 from tracker.clients.uis import UisError
 from tracker.config import CRM_STATUSES, Employee, StatusSyncSettings
 from tracker.context import Context
-from tracker.db.store import Store
 from tracker.delivery.outbox import Done
 from tracker.errors import DeliveryError, PermanentDelivery
 from tracker.features.crm_callbacks import (
@@ -98,35 +97,6 @@ def poll_fields(mode: str) -> list[str]:
 
 # -- the journal and the echo guard -----------------------------------------------------------
 
-def presence(store: Store, uis_id: int) -> dict[str, Any] | None:
-    """What each side last showed for ``uis_id`` and who made it so, if known."""
-    row = store.conn.execute("SELECT * FROM employee_presence WHERE uis_id = ?",
-                             (uis_id,)).fetchone()
-    return dict(row) if row else None
-
-
-def _remember(store: Store, employee: Employee, side: str, value: str, by: str,
-              now: float) -> None:
-    column = "crm_status" if side == "crm" else "uis_state"
-    store.conn.execute(
-        f"INSERT INTO employee_presence (uis_id, crm_user_id, {column}, {side}_by, {side}_at)"
-        f" VALUES (?, ?, ?, ?, ?) ON CONFLICT(uis_id) DO UPDATE SET crm_user_id ="
-        f" excluded.crm_user_id, {column} = excluded.{column}, {side}_by = excluded.{side}_by,"
-        f" {side}_at = excluded.{side}_at",
-        (employee.uis_id, employee.crm_user_id, value, by, now),
-    )
-
-
-def _journal(store: Store, direction: str, employee: Employee, crm_status: str | None,
-             uis_state: str | None, outcome: str, now: float, outbox_id: int | None = None) -> None:
-    store.conn.execute(
-        "INSERT INTO status_changes (at, direction, uis_id, crm_user_id, crm_status, uis_state,"
-        " outcome, outbox_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (now, direction, employee.uis_id, employee.crm_user_id, crm_status, uis_state, outcome,
-         outbox_id),
-    )
-
-
 def accept_crm_status(ctx: Context, employee: Employee, status: str,
                       now: float | None = None) -> Reply:
     """Journal a retailCRM status change and enqueue it for UIS (the caller need not wake the
@@ -136,23 +106,21 @@ def accept_crm_status(ctx: Context, employee: Employee, status: str,
     state = target_state(sync, status)
     body: dict[str, Any] = {"employee_id": employee.uis_id, "state": state}
     with store.transaction():
-        known = presence(store, employee.uis_id)
+        known = store.presence(employee.uis_id)
         if (known and known["crm_by"] == "tracker" and known["crm_status"] == status
                 and known["uis_state"] == state):
-            _journal(store, "crm_to_uis", employee, status, state, "echo", now)
+            store.journal_status_change("crm_to_uis", employee, status, state, "echo", now)
             return Reply(200, {"status": "unchanged", **body}, "echo")
-        _remember(store, employee, "crm", status, "crm", now)
+        store.remember_presence(employee, "crm", status, "crm", now)
         # The user's own change is newer than a UIS change still on its way to retailCRM.
-        store.conn.execute(
-            "UPDATE outbox SET status = 'superseded', updated_at = ?, last_error = ?"
-            " WHERE lane = ? AND kind = ? AND status = 'pending'",
-            (now, "superseded by a status change in retailCRM",
-             f"crm-user:{employee.crm_user_id}", TO_CRM))
+        store.supersede(f"crm-user:{employee.crm_user_id}", TO_CRM, now,
+                        "superseded by a status change in retailCRM")
         payload = {"uis_id": employee.uis_id, "crm_user_id": employee.crm_user_id,
                    "crm_status": status, "state": state}
         row_id, older = store.enqueue_latest(TO_UIS, PRIORITY, payload, now,
                                              lane=f"employee:{employee.uis_id}")
-        _journal(store, "crm_to_uis", employee, status, state, "queued", now, row_id)
+        store.journal_status_change("crm_to_uis", employee, status, state, "queued", now,
+                                    row_id)
     ctx.outbox.wake()
     log.info("retailCRM user %s is %s: UIS employee %s -> %s%s", employee.crm_user_id, status,
              employee.uis_id, state, f" (supersedes {len(older)})" if older else "")
@@ -204,7 +172,7 @@ class StatusSync:
                 self._status_ids.clear()  # statuses were edited in UIS: read them again
             raise
         employee = _employee(payload)
-        _remember(self._ctx.store, employee, "uis", state, "tracker", time.time())
+        self._ctx.store.remember_presence(employee, "uis", state, "tracker", time.time())
         return Done("delivered", request={"method": "update.employees", "params": params},
                     response="{}")
 
@@ -222,7 +190,8 @@ class StatusSync:
         status = payload["crm_status"]
         answer = await self._ctx.crm.post(f"users/{payload['crm_user_id']}/status",
                                           {"status": status})
-        _remember(self._ctx.store, _employee(payload), "crm", status, "tracker", time.time())
+        self._ctx.store.remember_presence(_employee(payload), "crm", status, "tracker",
+                                          time.time())
         return Done.sent(answer)
 
     async def run_poller(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -262,26 +231,28 @@ class StatusSync:
 
     def _compare(self, employee: Employee, state: str, asked_at: float, now: float) -> int:
         store, sync = self._ctx.store, self._sync
-        known = presence(store, employee.uis_id)
+        known = store.presence(employee.uis_id)
         if known and known["uis_by"] == "tracker" and (known["uis_at"] or 0) >= asked_at:
             return 0  # we changed it while the answer was on its way: the answer is stale
         if known is None or known["uis_state"] is None:
-            _remember(store, employee, "uis", state, "uis", now)  # first look: a baseline
+            store.remember_presence(employee, "uis", state, "uis", now)  # first look: a baseline
             return 0
         if known["uis_state"] == state:
             return 0
         self._changes_seen += 1
-        _remember(store, employee, "uis", state, "uis", now)
+        store.remember_presence(employee, "uis", state, "uis", now)
         crm_status = known["crm_status"]
         if crm_status is not None and target_state(sync, crm_status) == state:
-            _journal(store, "uis_to_crm", employee, crm_status, state, "in_sync", now)
+            store.journal_status_change("uis_to_crm", employee, crm_status, state, "in_sync",
+                                        now)
             return 0
         status = crm_status_for(sync, state)
         payload = {"uis_id": employee.uis_id, "crm_user_id": employee.crm_user_id,
                    "crm_status": status, "state": state}
         row_id, _ = store.enqueue_latest(TO_CRM, PRIORITY, payload, now,
                                          lane=f"crm-user:{employee.crm_user_id}")
-        _journal(store, "uis_to_crm", employee, status, state, "queued", now, row_id)
+        store.journal_status_change("uis_to_crm", employee, status, state, "queued", now,
+                                    row_id)
         log.info("UIS employee %s is %s: retailCRM user %s -> %s", employee.uis_id, state,
                  employee.crm_user_id, status)
         return 1

@@ -112,15 +112,8 @@ class Sweeper:
     # -- steps --------------------------------------------------------------------------------
 
     def _due(self, now: float) -> list[dict[str, Any]]:
-        marks = ", ".join("?" for _ in self._live_states)
-        rows = self._ctx.store.conn.execute(
-            f"SELECT id, state, started_at, updated_at, sweep_attempts FROM calls"
-            f" WHERE state IN ({marks}) AND updated_at <= ?"
-            f" AND (sweep_next_at IS NULL OR sweep_next_at <= ?)"
-            f" ORDER BY updated_at, id LIMIT ?",
-            (*self._live_states, now - self._settings.stale_after_seconds, now, _BATCH),
-        ).fetchall()
-        return [dict(r) for r in rows]
+        return self._ctx.store.stale_calls(self._live_states,
+                                           now - self._settings.stale_after_seconds, now, _BATCH)
 
     def _budget_low(self) -> bool:
         remaining = self._ctx.uis.last_limits.get("minute_remaining")
@@ -195,12 +188,9 @@ class Sweeper:
                                f"the sweeper ended call {call_id} without its own end "
                                "notification; check that UIS sends 'Call finished' and 'Lost "
                                "call' to tracker", now)
-                store.conn.execute(
-                    "UPDATE calls SET end_reason = coalesce(?, end_reason), sweep_note = ?,"
-                    " sweep_next_at = NULL, sweep_attempts = coalesce(?, sweep_attempts)"
-                    " WHERE id = ?",
-                    (reason if final and outcome.status == "accepted" else None,
-                     f"{outcome.status}: {reason}", attempts, call_id))
+                store.end_sweep(
+                    call_id, end_reason=reason if final and outcome.status == "accepted" else None,
+                    note=f"{outcome.status}: {reason}", attempts=attempts)
         except RejectedNotification as exc:  # a report row we cannot read; try again later
             self._note(call_id, f"cannot use the report row: {exc}",
                        next_at=now + self._settings.stale_after_seconds)
@@ -215,7 +205,4 @@ class Sweeper:
     def _note(self, call_id: int, note: str, *, next_at: float | None,
               attempts: int | None = None) -> None:
         with self._ctx.store.transaction():
-            self._ctx.store.conn.execute(
-                "UPDATE calls SET sweep_note = ?, sweep_next_at = coalesce(?, sweep_next_at),"
-                " sweep_attempts = coalesce(?, sweep_attempts) WHERE id = ?",
-                (note, next_at, attempts, call_id))
+            self._ctx.store.note_sweep(call_id, note, next_at=next_at, attempts=attempts)

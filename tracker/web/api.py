@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from tracker.config import dial_string
 from tracker.core import querylang
 from tracker.core.querylang import Column, Table, json_column, problem
-from tracker.db import keys, requestlog
+from tracker.db import keys, querysql, requestlog
 from tracker.errors import ApiError
 
 if TYPE_CHECKING:
@@ -105,53 +105,44 @@ def limits_of(ctx: Context) -> querylang.Limits:
 def _getter(table: Table) -> Callable[..., dict[str, Any]]:
     def run(ctx: Context, params: dict[str, Any], limits: querylang.Limits,
             key: keys.KeyInfo) -> dict[str, Any]:
-        query = querylang.compile_select(table, params, limits)
-        rows = ctx.store.conn.execute(query.sql, query.args).fetchall()
-        total = ctx.store.conn.execute(query.count_sql, query.count_args).fetchone()[0]
-        return {
-            "data": [querylang.decode_row(tuple(row), query.fields) for row in rows],
-            "metadata": {"total_items": total, "limit": query.limit, "offset": query.offset},
-        }
+        return querysql.run_select(ctx.store, table, params, limits)
 
     return run
 
 
 def _statistics(ctx: Context, params: dict[str, Any], limits: querylang.Limits,
                 key: keys.KeyInfo) -> dict[str, Any]:
-    conn = ctx.store.conn
     by_state = ctx.store.count_by_state()
     return {"data": {
         "uptime_seconds": round(time.time() - ctx.lifecycle.started_at, 1),
         "calls": {"total": sum(by_state.values()),
                   "by_state": {s: by_state.get(s, 0) for s in ctx.chart.states}},
         "outbox": asdict(ctx.outbox.statistics()),
-        "warnings": conn.execute("SELECT count(*) FROM warnings").fetchone()[0],
-        "employees": conn.execute("SELECT count(*) FROM employees").fetchone()[0],
-        "api_keys_active": conn.execute(
-            "SELECT count(*) FROM api_keys WHERE revoked_at IS NULL").fetchone()[0],
+        "warnings": ctx.store.count_warnings(),
+        "employees": ctx.store.count_employees(),
+        "api_keys_active": keys.count_active(ctx.store),
     }}
 
 
 def _retry_outbox(ctx: Context, params: dict[str, Any], limits: querylang.Limits,
                   key: keys.KeyInfo) -> dict[str, Any]:
-    """Queue dead letters again, all or none; the outbox delivers them in their lanes' order."""
+    """Queue dead letters again (``Store.retry_dead``), all or none: the first id that is not a
+    dead letter is named and the transaction undone. The outbox delivers them in their lanes'
+    order."""
     if params.get("ids") is None:
         raise problem("required_parameter_missing", "give the ids of the dead letters", "ids")
     ids = querylang.parse_ids(params["ids"], limits, "ids")
-    now = time.time()
     with ctx.store.transaction():
-        marks = ", ".join("?" for _ in ids)
-        found = dict(ctx.store.conn.execute(
-            f"SELECT id, status FROM outbox WHERE id IN ({marks})", ids).fetchall())
+        refused = ctx.store.retry_dead(ids, time.time()).refused
         for index, row_id in enumerate(params["ids"]):
-            if row_id not in found:
+            status = refused.get(row_id)
+            if status == "unknown":
                 raise problem("entity_not_found", f"no outbox row {row_id}", f"ids[{index}]",
                               row_id)
-            if found[row_id] != "dead":
+            if status is not None:
                 raise ApiError(INVALID_STATE, "invalid_state",
-                               f"outbox row {row_id} is {found[row_id]}, not a dead letter",
+                               f"outbox row {row_id} is {status}, not a dead letter",
                                field=f"ids[{index}]", value=row_id)
-        ctx.store.requeue_dead(ids, now)
     ctx.outbox.wake()
     log.info("retry.outbox by key %r: dead letters %s queued again", key.name, ids)
     return {}
@@ -174,17 +165,13 @@ def _update_employees(ctx: Context, params: dict[str, Any], limits: querylang.Li
                       "give at least one field to change: " + ", ".join(_EMPLOYEE_FIELDS),
                       None)
     with ctx.store.transaction():
-        exists = ctx.store.conn.execute("SELECT 1 FROM employees WHERE id = ?",
-                                        (uis_id,)).fetchone()
-        if exists is None:
+        if not ctx.store.employee_exists(uis_id):
             raise problem("entity_not_found", f"no employee {uis_id} in the mapping", "id",
                           uis_id)
         if "code" in changes:
-            taken = ctx.store.conn.execute(
-                "SELECT id FROM employees WHERE code = ? AND id != ?",
-                (changes["code"], uis_id)).fetchone()
+            taken = ctx.store.employee_with_code(changes["code"], other_than=uis_id)
             if taken is not None:
-                raise problem("duplicate_value", f"employee {taken[0]} already has this code",
+                raise problem("duplicate_value", f"employee {taken} already has this code",
                               "code", changes["code"])
         ctx.store.update_employee(uis_id, changes, time.time())
     log.info("update.employees by key %r: employee %s: %s", key.name, uis_id,

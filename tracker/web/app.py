@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import time
 from typing import Any
 
@@ -89,11 +88,9 @@ def create_app(ctx: Context) -> QuartTrio:
     @app.route("/healthz")
     async def healthz() -> Response:
         problems = []
-        try:
-            ctx.store.conn.execute("BEGIN IMMEDIATE")
-            ctx.store.conn.execute("ROLLBACK")
-        except sqlite3.Error as exc:
-            problems.append(f"database not writable: {exc}")
+        unwritable = ctx.store.writable()
+        if unwritable is not None:
+            problems.append(f"database not writable: {unwritable}")
         if not ctx.outbox.running:
             problems.append("outbox workers are not running")
         if ctx.integrity.problem is not None:

@@ -217,7 +217,7 @@ def register(app: QuartTrio, ctx: Context) -> None:
             return _json_error(403, "cross_site", f"send the {ACTION_HEADER} header from the "
                                "status page")
         with ctx.store.transaction():
-            done = ctx.store.requeue_dead([row_id], time.time())
+            done = ctx.store.retry_dead([row_id], time.time()).requeued
             ctx.store.log_request(
                 source="page", method="retry.outbox", params={"ids": [row_id]},
                 outcome="ok" if done else "not_dead", status=200 if done else 409,
