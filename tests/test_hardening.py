@@ -33,7 +33,7 @@ from tracker.config import RetentionSettings
 from tracker.core.calls import Call
 from tracker.db import maintenance
 from tracker.db.store import Store
-from tracker.delivery.outbox import EXTERNAL_CHECK_SECONDS
+from tracker.delivery.dispatcher import EXTERNAL_CHECK_SECONDS
 from tracker.simulators import scenarios
 from tracker.web import guard
 from tracker.web.httpserve import serve_app

@@ -201,7 +201,7 @@ async def test_json_log_lines_about_a_call_carry_its_id(tmp_path, json_log: io.S
                 "SELECT id, call_id FROM outbox")}
     lines: list[dict[str, Any]] = [json.loads(line) for line in json_log.getvalue().splitlines()]
     about_calls = [line for line in lines if line["logger"] in (
-        "tracker.intake.ingest", "tracker.delivery.outbox")]
+        "tracker.intake.ingest", "tracker.delivery.dispatcher", "tracker.delivery.handlers")]
     assert about_calls
     for line in about_calls:  # "call 998677427: ringing -> …" or "popup #3 delivered"
         found = re.search(r"^call (\d+):|^\w+ #(\d+)", line["message"])
@@ -214,7 +214,7 @@ async def test_json_log_lines_about_a_call_carry_its_id(tmp_path, json_log: io.S
         (SESSION, "ringing -> waiting_answer"), (SESSION, "waiting_answer -> talking"),
         (SESSION, "talking -> ended"), (OTHER, "ringing -> lost")]
     deliveries = [line["message"] for line in about_calls
-                  if line["logger"] == "tracker.delivery.outbox"]
+                  if line["logger"] == "tracker.delivery.dispatcher"]
     for row_id in call_of_row:  # one line when each action finished, whatever became of it
         finished = [m for m in deliveries if re.match(rf"^\w+ #{row_id} (delivered|dropped)", m)]
         assert len(finished) == 1, (row_id, deliveries)

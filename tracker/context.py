@@ -12,7 +12,7 @@ from tracker.core.statecharts import Chart
 from tracker.db.checkpointer import Checkpointer
 from tracker.db.integrity import BackgroundCheck
 from tracker.db.store import Store
-from tracker.delivery.outbox import Outbox
+from tracker.delivery.dispatcher import Outbox
 from tracker.intake.batcher import Intake
 from tracker.live import Live
 from tracker.metrics import Metrics

@@ -38,10 +38,11 @@ from tracker.db import integrity, maintenance, requestlog
 from tracker.db.checkpointer import Checkpointer
 from tracker.db.store import Store
 from tracker.delivery import busy
-from tracker.delivery.outbox import Outbox
+from tracker.delivery.dispatcher import Batched, BatchHandler, Handler, Outbox
+from tracker.delivery.handlers import RetailCrmHandlers
 from tracker.errors import StoreError
 from tracker.features.reconcile import Reconciler
-from tracker.features.status_sync import StatusSync
+from tracker.features.status_sync import StatusPush, StatusSync
 from tracker.features.sweeper import Sweeper
 from tracker.intake.batcher import Intake
 from tracker.web.httpserve import serve_app
@@ -57,6 +58,21 @@ class Running:
 
     url: str
     ctx: Context
+
+
+def outbox_handlers(store: Store, settings: Settings, crm: CrmClient,
+                    uis: UisClient) -> dict[str, Handler | Batched]:
+    """What the daemon's outbox does with each kind of row: one entry per kind."""
+    crm_handlers = RetailCrmHandlers(store, settings, crm, uis)
+    upload: BatchHandler = crm_handlers.upload
+    reasons = settings.click.busy_reasons()
+    if reasons:  # outbound no-answer uploads ask UIS whether the line was busy
+        upload = busy.telling_busy(upload, store=store, uis=uis,
+                                   tz=ZoneInfo(settings.crm.timezone), reasons=reasons)
+    return {
+        **crm_handlers.kinds(upload=upload),
+        **StatusPush(store, settings.status_sync, uis, crm).kinds(),
+    }
 
 
 def open_store(settings: Settings, *, check: bool = True) -> Store:
@@ -98,7 +114,8 @@ async def serve(
         async with httpx.AsyncClient(limits=limits) as http:
             crm = CrmClient(http, settings.crm, throttle.crm_gate(settings.ratelimit))
             uis = UisClient(http, settings.uis, throttle.uis_gate(settings.ratelimit))
-            outbox = Outbox(store, settings, crm, uis)  # its Metrics are the daemon's
+            # its Metrics are the daemon's
+            outbox = Outbox(store, settings, outbox_handlers(store, settings, crm, uis))
             intake = Intake(store, chart, ZoneInfo(settings.crm.timezone),
                             on_batch=outbox.metrics.observe_batch)
             checkpointer = Checkpointer(path, on_checkpoint=outbox.metrics.observe_checkpoint)
@@ -109,8 +126,7 @@ async def serve(
             from tracker.web.app import create_app  # quart is heavy; import it only when serving
 
             app = create_app(ctx)
-            sync = StatusSync(ctx)  # registers its outbox kinds: before the outbox starts
-            busy.install(ctx)
+            sync = StatusSync(ctx)
             outbox.on_wake.append(ctx.live.poke)
             async with trio.open_nursery() as workers:
                 await workers.start(outbox.run)

@@ -153,7 +153,7 @@ def _systemd_unit(args: argparse.Namespace) -> int:
 
 def _outbox(args: argparse.Namespace) -> int:
     from tracker.db import maintenance
-    from tracker.delivery.outbox import EXTERNAL_CHECK_SECONDS
+    from tracker.delivery.dispatcher import EXTERNAL_CHECK_SECONDS
 
     store = maintenance.open_existing(_settings(args))
     try:

@@ -1,9 +1,10 @@
 """History uploads of several calls in one ``telephony/calls/upload`` request (at most 50 items).
 
-The outbox runs the upload handlers of one batch side by side. Each prepares its call's item (the
-recording lookup may take a while) and hands it to :meth:`Slot.submit`, which returns that item's
-share of the answer. The request goes out once every handler of the batch has either submitted
-or finished without submitting (a recording not ready yet, a dropped row).
+The dispatcher runs the upload handlers of one batch side by side, each given its own slot. Each
+prepares its call's item (the recording lookup may take a while) and hands it to
+:meth:`Slot.submit`, which returns that item's share of the answer. The request goes out once
+every handler of the batch has either submitted or finished without submitting (a recording
+not ready yet, a dropped row).
 
 Nothing is lost or doubled. Every item carries the UIS session id as ``externalId``, and an item
 retailCRM already stored comes back in ``duplicateCalls``, which counts as delivered. retailCRM
@@ -14,7 +15,6 @@ only the bad one becomes a dead letter; an answer accounting for fewer items tha
 
 from __future__ import annotations
 
-import contextvars
 import copy
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -82,7 +82,7 @@ class Batch:
             self._all_in.set()
 
     def slot(self) -> Slot:
-        """A place for one handler (set ``slot_var`` to it in the handler's task)."""
+        """A place for one handler (the dispatcher passes it to the handler)."""
         self._slots += 1
         return Slot(self, self._slots - 1)
 
@@ -131,7 +131,3 @@ class Slot:
         if not self._arrived:
             self._arrived = True
             self._batch._arrive()
-
-
-# Set by the outbox in each upload handler's task; None when the row goes alone.
-slot_var: contextvars.ContextVar[Slot | None] = contextvars.ContextVar("upload_slot", default=None)

@@ -14,42 +14,45 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from tracker.context import Context
+from tracker.clients.uis import UisClient
 from tracker.core.payloads import uis_date
-from tracker.delivery.outbox import Done, Handler, Later
+from tracker.db.store import Store
+from tracker.delivery import batching
+from tracker.delivery.dispatcher import BatchHandler, Done, Later
 from tracker.errors import DeliveryError
 
 log = logging.getLogger(__name__)
 
 
-def install(ctx: Context) -> None:
-    """Wrap the outbox's ``upload`` handler; call before the outbox starts."""
-    reasons = ctx.settings.click.busy_reasons()
-    if not reasons:
-        return
-    upload: Handler = ctx.outbox.handlers["upload"]
+def telling_busy(upload: BatchHandler, *, store: Store, uis: UisClient, tz: ZoneInfo,
+                 reasons: frozenset[str]) -> BatchHandler:
+    """``upload``, but an outbound call's ``no answer`` becomes ``busy`` when UIS's
+    ``finish_reason`` is one of ``reasons`` (lower case)."""
 
-    async def upload_telling_busy(row: dict[str, Any], payload: dict[str, Any]) -> Done | Later:
+    async def upload_telling_busy(row: dict[str, Any], payload: dict[str, Any],
+                                  slot: batching.Slot | None) -> Done | Later:
         if payload.get("result") == "no answer":
-            call = ctx.store.call_row(row["call_id"])
+            call = store.call_row(row["call_id"])
             if call is not None and call["direction"] == "out":
-                reason = await finish_reason(ctx, call, row["created_at"])
+                reason = await finish_reason(uis, tz, call, row["created_at"])
                 if reason is not None and reason.lower() in reasons:
                     payload = {**payload, "result": "busy"}
-        return await upload(row, payload)
+        return await upload(row, payload, slot)
 
-    ctx.outbox.handlers["upload"] = upload_telling_busy
+    return upload_telling_busy
 
 
-async def finish_reason(ctx: Context, call: dict[str, Any], fallback_at: float) -> str | None:
+async def finish_reason(uis: UisClient, tz: ZoneInfo, call: dict[str, Any],
+                        fallback_at: float) -> str | None:
     """``finish_reason`` of the session from ``get.calls_report``; None when unknown."""
     started = call["started_at"] or fallback_at
     finished = call["finished_at"] or fallback_at
     try:
-        result = await ctx.uis.data("get.calls_report", {
-            "date_from": uis_date(started - 3600, ctx.tz),
-            "date_till": uis_date(finished + 3600, ctx.tz),
+        result = await uis.data("get.calls_report", {
+            "date_from": uis_date(started - 3600, tz),
+            "date_till": uis_date(finished + 3600, tz),
             "filter": {"field": "id", "operator": "=", "value": call["id"]},
             "fields": ["id", "finish_reason"],
         })

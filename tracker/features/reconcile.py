@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TextIO, cast
+from typing import TYPE_CHECKING, Any, TextIO
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -420,33 +420,21 @@ async def run_backfill(settings: Settings, date_from: datetime, date_till: datet
     return 1 if failure else 0
 
 
-class _OwnLanes:
-    """The store as the backfill's own outbox sees it: only the lanes of the calls it created.
-    Other pending work (a status change, a daemon's pop-up) is the daemon's, whose handlers and
-    timing it needs; this process must not touch it."""
-
-    def __init__(self, store: Store, lanes: set[str]) -> None:
-        self._store = store
-        self._lanes = lanes
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-    def due_heads(self, now: float, exclude_lanes: set[str], limit: int) -> list[dict[str, Any]]:
-        rows = self._store.due_heads(now, exclude_lanes, 1_000_000)
-        return [r for r in rows if r["lane"] in self._lanes][:limit]
-
-
 async def _deliver(store: Store, settings: Settings, http: httpx.AsyncClient, uis: UisClient,
                    call_ids: list[int], mark: int, bar: Progress) -> dict[str, int]:
     """Run an outbox in this process, on the new calls' rows only, until they are settled (or
-    a deadline: an answered call may wait ``uis.record_wait_seconds`` for its recording)."""
+    a deadline: an answered call may wait ``uis.record_wait_seconds`` for its recording).
+
+    Only the lanes of the calls it created: other pending work (a status change, a daemon's
+    pop-up) is the daemon's, whose handlers and timing it needs; this process leaves it alone.
+    Nor does it ask UIS about busy lines: these calls were read from the report already."""
     from tracker.clients.crm import CrmClient
-    from tracker.delivery.outbox import Outbox
+    from tracker.delivery.dispatcher import Outbox
+    from tracker.delivery.handlers import RetailCrmHandlers
 
     crm = CrmClient(http, settings.crm, throttle.crm_gate(settings.ratelimit))
-    lanes = store.lanes_of_calls(call_ids, mark)
-    outbox = Outbox(cast(Store, _OwnLanes(store, lanes)), settings, crm, uis)
+    outbox = Outbox(store, settings, RetailCrmHandlers(store, settings, crm, uis).kinds(),
+                    only_lanes=store.lanes_of_calls(call_ids, mark))
 
     def counts() -> dict[str, int]:
         return store.statuses_of_calls(call_ids, mark)

@@ -27,10 +27,12 @@ import trio
 from quart import Response
 from quart_trio import QuartTrio
 
-from tracker.clients.uis import UisError
+from tracker.clients.crm import CrmClient
+from tracker.clients.uis import UisClient, UisError
 from tracker.config import CRM_STATUSES, Employee, StatusSyncSettings
 from tracker.context import Context
-from tracker.delivery.outbox import Done
+from tracker.db.store import Store
+from tracker.delivery.dispatcher import Done, Handler
 from tracker.errors import DeliveryError, PermanentDelivery
 from tracker.features.crm_callbacks import (
     Refused,
@@ -138,27 +140,23 @@ class StatusSyncStatistics:
     changes_seen_in_uis: int
 
 
-class StatusSync:
-    """Delivers status changes (outbox kinds ``employee_status`` and ``crm_user_status``) and
-    polls UIS. Construct before the outbox starts: the constructor registers the handlers."""
+class StatusPush:
+    """The outbox handlers of status changes: ``employee_status`` (``to_uis``) and
+    ``crm_user_status`` (``to_crm``); ``kinds()`` is their part of the dispatcher's mapping."""
 
-    def __init__(self, ctx: Context) -> None:
-        self._ctx = ctx
-        self._sync = ctx.settings.status_sync
+    def __init__(self, store: Store, sync: StatusSyncSettings, uis: UisClient,
+                 crm: CrmClient) -> None:
+        self._store = store
+        self._sync = sync
+        self._uis = uis
+        self._crm = crm
         self._status_ids: dict[str, int] = {}  # UIS status mnemonic -> id, from get.statuses
-        self._polls = 0
-        self._poll_failures = 0
-        self._last_poll_at: float | None = None
-        self._last_error: str | None = None
-        self._changes_seen = 0
-        ctx.outbox.handlers[TO_UIS] = self._to_uis
-        ctx.outbox.handlers[TO_CRM] = self._to_crm
 
-    def statistics(self) -> StatusSyncStatistics:
-        return StatusSyncStatistics(self._polls, self._poll_failures, self._last_poll_at,
-                                    self._last_error, self._changes_seen)
+    def kinds(self) -> dict[str, Handler]:
+        return {TO_UIS: self.to_uis, TO_CRM: self.to_crm}
 
-    async def _to_uis(self, row: dict[str, Any], payload: dict[str, Any]) -> Done:
+    async def to_uis(self, row: dict[str, Any], payload: dict[str, Any]) -> Done:
+        """Make the UIS employee (un)available as the retailCRM status asked."""
         state = payload["state"]
         if self._sync.mode == "status_id":
             fields: dict[str, Any] = {"status_id": await self._status_id(state)}
@@ -166,19 +164,19 @@ class StatusSync:
             fields = uis_fields(self._sync.mode, state)
         params = {"id": payload["uis_id"], **fields}
         try:
-            await self._ctx.uis.data("update.employees", params)
+            await self._uis.data("update.employees", params)
         except UisError as exc:
             if exc.mnemonic == "status_not_found":
                 self._status_ids.clear()  # statuses were edited in UIS: read them again
             raise
         employee = _employee(payload)
-        self._ctx.store.remember_presence(employee, "uis", state, "tracker", time.time())
+        self._store.remember_presence(employee, "uis", state, "tracker", time.time())
         return Done("delivered", request={"method": "update.employees", "params": params},
                     response="{}")
 
     async def _status_id(self, mnemonic: str) -> int:
         if mnemonic not in self._status_ids:
-            result = await self._ctx.uis.data("get.statuses", {})
+            result = await self._uis.data("get.statuses", {})
             self._status_ids = {str(s.get("mnemonic")): s["id"] for s in result.get("data") or []
                                 if isinstance(s, dict) and isinstance(s.get("id"), int)}
         if mnemonic not in self._status_ids:
@@ -186,13 +184,30 @@ class StatusSync:
                                     "check status_sync.mapping")
         return self._status_ids[mnemonic]
 
-    async def _to_crm(self, row: dict[str, Any], payload: dict[str, Any]) -> Done:
+    async def to_crm(self, row: dict[str, Any], payload: dict[str, Any]) -> Done:
+        """Set the retailCRM user's status as UIS showed it."""
         status = payload["crm_status"]
-        answer = await self._ctx.crm.post(f"users/{payload['crm_user_id']}/status",
-                                          {"status": status})
-        self._ctx.store.remember_presence(_employee(payload), "crm", status, "tracker",
-                                          time.time())
+        answer = await self._crm.post(f"users/{payload['crm_user_id']}/status",
+                                      {"status": status})
+        self._store.remember_presence(_employee(payload), "crm", status, "tracker", time.time())
         return Done.sent(answer)
+
+
+class StatusSync:
+    """Polls UIS for the employees' state and enqueues each change for retailCRM."""
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+        self._sync = ctx.settings.status_sync
+        self._polls = 0
+        self._poll_failures = 0
+        self._last_poll_at: float | None = None
+        self._last_error: str | None = None
+        self._changes_seen = 0
+
+    def statistics(self) -> StatusSyncStatistics:
+        return StatusSyncStatistics(self._polls, self._poll_failures, self._last_poll_at,
+                                    self._last_error, self._changes_seen)
 
     async def run_poller(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                          ) -> None:

@@ -29,7 +29,7 @@ from quart_trio import QuartTrio
 from tracker.context import Context
 from tracker.core import statecharts
 from tracker.db import keys, pagedata
-from tracker.delivery.outbox import OutboxStatistics
+from tracker.delivery.dispatcher import OutboxStatistics
 
 log = logging.getLogger(__name__)
 

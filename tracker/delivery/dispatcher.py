@@ -1,14 +1,18 @@
-"""The outbox: deliver stored actions to retailCRM in per-call order, with retries and dead letters.
+"""The outbox dispatcher: deliver stored actions in per-lane order, with retries and dead letters.
 
 A dispatcher hands the first pending row of each lane (a call; never two of one lane at once) to
 a few worker tasks, cards before history uploads; it sleeps until woken by a commit or until the
-next retry is due. Uploads due together go as one batch (``batching``) of lane heads only, so
-per-call order holds; one worker is always left for cards. Every request waits its turn at the
-account's rate limit (``throttle``), where the row's priority decides who goes first.
-Transient failures are retried with exponential backoff and jitter; permanent ones become dead
-letters carrying the upstream's message. A pop-up for a call that has ended meanwhile is dropped,
-and a hangup goes only to cards that were really opened. A row's status and the store writes of
-its handler (``Done.effects``) commit together, so a crash cannot record one without the other.
+next retry is due. Rows of a kind whose handler is ``Batched`` and that are due together go as
+one batch (``batching``) of lane heads only, so per-lane order holds; one worker is always left
+for cards. Every request waits its turn at the account's rate limit (``throttle``), where the
+row's priority decides who goes first. Transient failures are retried with exponential backoff
+and jitter; permanent ones become dead letters carrying the upstream's message. A row's status
+and the store writes of its handler (``Done.effects``) commit together, so a crash cannot
+record one without the other.
+
+What each kind of row does is not written here: the composition root (``service``) gives the
+dispatcher a mapping of kinds to handlers when it builds it (the retailCRM handlers in
+``handlers``, status sync's, ...). A row of a kind nobody handles is a dead letter.
 """
 
 from __future__ import annotations
@@ -17,19 +21,15 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import trio
 
-from tracker.clients.crm import CrmAnswer, CrmClient
+from tracker.clients.crm import CrmAnswer
 from tracker.clients.throttle import priority_var
-from tracker.clients.uis import UisClient
 from tracker.config import Settings
-from tracker.core import payloads
-from tracker.core.calls import FINAL_STATES
 from tracker.db.store import Store
 from tracker.delivery import batching
 from tracker.errors import DeliveryError, PermanentDelivery, RetryableDelivery
@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 # Rows re-queued by another process (``run.py outbox retry``) commit no wake-up here: the
 # dispatcher looks at the database at least this often, a cheap query on an indexed column.
 EXTERNAL_CHECK_SECONDS = 2.0
-BATCHED_KINDS = frozenset({"upload"})
 # Look-ups slower than this (a large backlog) are spaced by this many times their duration.
 SLOW_SCAN_SECONDS = 0.002
 SLOW_SCAN_PAUSE = 4
@@ -88,19 +87,39 @@ class Later:
 
 
 Handler = Callable[[dict[str, Any], dict[str, Any]], Awaitable["Done | Later"]]
+"""``async (row, payload) -> Done | Later``: deliver one outbox row; raise ``DeliveryError``."""
+
+BatchHandler = Callable[[dict[str, Any], dict[str, Any], "batching.Slot | None"],
+                        Awaitable["Done | Later"]]
+"""A handler whose request may share one with other rows': it hands its item to the slot
+(``Slot.submit``), or sends it alone when the slot is None."""
+
+
+@dataclass(frozen=True)
+class Batched:
+    """A kind whose rows due together are delivered as one batch: ``handler`` runs once per
+    row with the row's slot, ``send`` makes the one request (``batching.upload`` rules)."""
+
+    handler: BatchHandler
+    send: batching.Send
+
+
+Handlers = Mapping[str, "Handler | Batched"]
 
 
 class Outbox:
     """Delivers outbox rows. ``wake()`` after a commit; ``run()`` owns the worker tasks."""
 
-    def __init__(self, store: Store, settings: Settings, crm: CrmClient, uis: UisClient, *,
-                 metrics: Metrics | None = None) -> None:
+    def __init__(self, store: Store, settings: Settings, handlers: Handlers, *,
+                 metrics: Metrics | None = None,
+                 only_lanes: Collection[str] | None = None) -> None:
+        """``handlers``: what to do with each kind of row. ``only_lanes``: deliver the rows
+        of these lanes alone (the backfill's own outbox leaves the daemon's work alone)."""
         self._store = store
         self.metrics = Metrics() if metrics is None else metrics
         self._settings = settings
-        self._crm = crm
-        self._uis = uis
-        self._tz = ZoneInfo(settings.crm.timezone)
+        self._handlers = dict(handlers)
+        self._only_lanes = only_lanes
         self._wakeup = trio.Event()
         self._in_flight: set[str] = set()  # lanes being delivered
         self._busy = 0  # workers holding a job
@@ -119,12 +138,6 @@ class Outbox:
         # Called on every wake(), i.e. after each commit and each delivery: the status page's
         # live feed (tracker/live.py) listens here. Listeners must not block.
         self.on_wake: list[Callable[[], None]] = []
-        # kind -> async (row, payload) -> Done | Later; other modules may register more kinds.
-        self.handlers: dict[str, Handler] = {
-            "popup": self._popup,
-            "hangup": self._hangup,
-            "upload": self._upload,
-        }
 
     def wake(self) -> None:
         """Tell the dispatcher that new work may be due (call after each commit)."""
@@ -136,7 +149,7 @@ class Outbox:
         """Block until nothing is due now and nothing is in flight (rows waiting for a later
         retry or for a recording do not count). Tests and the benchmark use it; bound it with
         ``trio.fail_after``."""
-        while self._in_flight or self._store.due_heads(time.time(), set(), 1):
+        while self._in_flight or self._due_heads(time.time(), set(), 1):
             await self._progress.wait()
 
     def statistics(self) -> OutboxStatistics:
@@ -205,12 +218,11 @@ class Outbox:
         if free <= 0:
             return []
         bulk_room = max(1, workers - 1) - self._bulk_busy  # a worker stays free for cards
-        heads = self._store.due_heads(now, self._in_flight,
-                                      free + max(0, bulk_room) * self._batch_size)
+        heads = self._due_heads(now, self._in_flight, free + max(0, bulk_room) * self._batch_size)
         jobs: list[list[dict[str, Any]]] = []
         batches: dict[str, list[dict[str, Any]]] = {}
         for row in heads:  # cards first, then by age
-            if row["kind"] not in BATCHED_KINDS:
+            if not isinstance(self._handlers.get(row["kind"]), Batched):
                 jobs.append([row])
                 continue
             batch = batches.get(row["kind"])
@@ -229,6 +241,9 @@ class Outbox:
             chosen.append(job)
         return chosen
 
+    def _due_heads(self, now: float, exclude_lanes: set[str], limit: int) -> list[dict[str, Any]]:
+        return self._store.due_heads(now, exclude_lanes, limit, only_lanes=self._only_lanes)
+
     async def _work(self, receive: trio.MemoryReceiveChannel[list[dict[str, Any]]]) -> None:
         async with receive:
             async for job in receive:
@@ -246,8 +261,10 @@ class Outbox:
                     self._progress = trio.Event()
 
     async def _deliver_batch(self, rows: list[dict[str, Any]]) -> None:
-        """Run the rows' handlers side by side; their uploads meet in one request."""
-        batch = batching.Batch(len(rows), self._crm.upload_calls)
+        """Run the rows' handlers side by side; their items meet in one request."""
+        kind = self._handlers[rows[0]["kind"]]
+        assert isinstance(kind, Batched)  # _due_jobs batches only these
+        batch = batching.Batch(len(rows), kind.send)
 
         async def send_batch() -> None:
             count = await batch.run()
@@ -263,22 +280,24 @@ class Outbox:
     async def _deliver(self, row: dict[str, Any], slot: batching.Slot | None = None) -> None:
         call_token = call_id_var.set(row["call_id"])  # None for lanes that are not calls
         priority_token = priority_var.set(row["priority"] or 0)
-        slot_token = batching.slot_var.set(slot)
         try:
             await self._run_handler(row, slot)
         finally:
-            batching.slot_var.reset(slot_token)
             priority_var.reset(priority_token)
             call_id_var.reset(call_token)
 
     async def _run_handler(self, row: dict[str, Any], slot: batching.Slot | None) -> None:
-        handler = self.handlers.get(row["kind"])
+        handler = self._handlers.get(row["kind"])
         now = time.time()
         try:
             try:
                 if handler is None:
                     raise PermanentDelivery(f"unknown outbox kind {row['kind']!r}")
-                outcome = await handler(row, json.loads(row["payload"]))
+                payload = json.loads(row["payload"])
+                if isinstance(handler, Batched):
+                    outcome = await handler.handler(row, payload, slot)
+                else:
+                    outcome = await handler(row, payload)
             finally:
                 if slot is not None:
                     slot.finish()
@@ -346,119 +365,6 @@ class Outbox:
         self._failed_total += 1
         self._consecutive_failures += 1
         self._last_error = _describe(exc)
-
-    # -- the actions --------------------------------------------------------------------------
-
-    async def _popup(self, row: dict[str, Any], payload: dict[str, Any]) -> Done:
-        employee_id = payload["employee_id"]
-
-        def card_opened() -> None:
-            opened = self._store.cards_open(row["call_id"])
-            if employee_id not in opened:
-                self._store.set_cards_open(row["call_id"], [*opened, employee_id])
-
-        call = self._store.call_row(row["call_id"])
-        if call is None or call["state"] in FINAL_STATES:
-            if row.get("sent_at") is not None:
-                # An earlier attempt's answer never came back (a crash, a timeout): the card
-                # may be showing. Count it as open, so that the call's hangup closes it.
-                return Done("dropped", "the call ended; an earlier attempt may have shown the "
-                            "card, so its hangup closes it", effects=card_opened)
-            return Done("dropped", "the call ended before the card could be shown")
-        employee = self._store.employee_by_uis_id(employee_id)
-        if employee is None:
-            self._warn_unmapped(employee_id)
-            return Done("dropped", f"UIS employee {employee_id} is not mapped")
-        event = payloads.call_event(call, [employee], self._settings)
-        self._store.set_sent_at(row["id"], time.time())  # committed before the request leaves
-        answer = await self._crm.send_call_event(event)
-        self._note_mapping(answer)
-        return Done.sent(answer, effects=card_opened)
-
-    async def _hangup(self, row: dict[str, Any], payload: dict[str, Any]) -> Done:
-        opened = self._store.cards_open(row["call_id"])
-        targets = [e for e in payload["employee_ids"] if e in opened]
-        if not targets:
-            return Done("dropped", "no card was open for these employees")
-        employees = [e for e in map(self._store.employee_by_uis_id, targets) if e is not None]
-        call = self._store.call_row(row["call_id"])
-        assert call is not None
-        event = payloads.call_event(call, employees, self._settings,
-                                    hangup_status=payload["status"])
-        answer = await self._crm.send_call_event(event)
-        self._note_mapping(answer)
-
-        def cards_closed() -> None:
-            still_open = [e for e in self._store.cards_open(row["call_id"]) if e not in targets]
-            self._store.set_cards_open(row["call_id"], still_open)
-
-        return Done.sent(answer, effects=cards_closed)
-
-    async def _upload(self, row: dict[str, Any], payload: dict[str, Any]) -> Done | Later:
-        call = self._store.call_row(row["call_id"])
-        assert call is not None
-        result = payload["result"]
-        note = ""
-        url: str | None = None
-        employee_id = call["talked_employee_id"] if result == "answered" else None
-        if result == "answered":
-            waited = time.time() - row["created_at"]
-            remaining = self._settings.uis.record_wait_seconds - waited
-            try:
-                recording = await self._uis.find_recording(
-                    call["id"],
-                    started_at=call["started_at"] or row["created_at"],
-                    finished_at=call["finished_at"] or row["created_at"],
-                    tz=self._tz,
-                    prefer_employee_id=employee_id,
-                )
-                url = recording.url
-                if employee_id is None and recording.talked_employee_ids:
-                    employee_id = recording.talked_employee_ids[-1]
-                problem = "the recording is not ready yet"
-            except DeliveryError as exc:
-                problem = f"recording lookup failed: {exc}"
-                if isinstance(exc, PermanentDelivery):
-                    remaining = 0  # retrying will not help; upload without the link now
-            url = url or call["file_link"]
-            if url is None and remaining > 0:
-                delay = min(remaining, max(1.0, min(30.0, 2.0 ** row["attempts"])))
-                return Later(delay, f"{problem}; asking again in {delay:.0f}s")
-            if url is None:
-                note = f"uploaded without a recording ({problem})"
-                log.warning("call %s: %s", call["id"], note)
-        else:
-            rang = json.loads(call["rang"] or "[]")
-            employee_id = rang[-1] if rang else None  # the last employee it rang
-        employee = self._store.employee_by_uis_id(employee_id)
-        if employee_id is not None and employee is None:
-            self._warn_unmapped(employee_id)
-        item = payloads.upload_item(call, result, employee, self._settings, record_url=url,
-                                   now=row["created_at"])
-        answer = await self._send_upload(item)
-        if str(call["id"]) in (answer.body.get("duplicateCalls") or []):
-            note = (note + "; " if note else "") + "retailCRM already had it (duplicateCalls)"
-        return Done.sent(answer, note, effects=lambda: self._store.set_record_url(call["id"], url))
-
-    async def _send_upload(self, item: dict[str, Any]) -> CrmAnswer:
-        """Upload one history item: in this job's batch request if it has one, else alone."""
-        slot = batching.slot_var.get()
-        if slot is not None:
-            return await slot.submit(item)
-        [outcome] = await batching.upload(self._crm.upload_calls, [item])
-        if isinstance(outcome, DeliveryError):
-            raise outcome
-        return outcome
-
-    def _warn_unmapped(self, uis_id: int) -> None:
-        self._store.warn("unmapped_employee", str(uis_id),
-                         f"UIS employee {uis_id} has no [[employees]] entry: no card, no credit")
-
-    def _note_mapping(self, answer: CrmAnswer) -> None:
-        for key, label in (("notExistCodes", "code"), ("notExistUsers", "user id")):
-            for value in answer.body.get(key) or []:
-                self._store.warn(key, str(value), f"retailCRM does not know the {label} "
-                                 f"{value!r} (check [[employees]])")
 
 
 def _bulk(job: list[dict[str, Any]]) -> bool:
