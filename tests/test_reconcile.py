@@ -11,9 +11,10 @@ import pytest
 import trio
 
 from tests.support import ANNA, BORIS, VERA, open_daemon, open_sims, open_system, settings_for
+from tracker.cli import backfill
 from tracker.cli import main as cli
 from tracker.clients.uis import UisClient
-from tracker.core import synthesis
+from tracker.core import synthesis, windows
 from tracker.core.calls import Call
 from tracker.core.catalogue import EVENTS
 from tracker.core.statecharts import DEFAULT_DIR, load_all
@@ -95,7 +96,7 @@ async def test_backfill_uploads_missed_sessions_like_live_ones_and_a_rerun_chang
                 sims.uis.register(build(MISSED + k, STARTS[k]))
             before, asked_before = len(sims.crm.requests), len(sims.uis.rpc_requests)
             out, err = io.StringIO(), io.StringIO()
-            code = await reconcile.run_backfill(settings, *PERIOD, progress=True, out=out,
+            code = await backfill.run_backfill(settings, *PERIOD, progress=True, out=out,
                                                 err=err)
             assert code == 0, out.getvalue()
             crm = sims.crm
@@ -133,7 +134,7 @@ async def test_backfill_uploads_missed_sessions_like_live_ones_and_a_rerun_chang
 
             requests = len(crm.requests)
             again = io.StringIO()
-            assert await reconcile.run_backfill(settings, *PERIOD, out=again) == 0
+            assert await backfill.run_backfill(settings, *PERIOD, out=again) == 0
             assert "14 already known, 0 created" in again.getvalue()
             assert len(crm.requests) == requests
             store = open_store(settings)
@@ -149,7 +150,7 @@ async def test_late_notifications_of_a_backfilled_call_open_no_card_and_upload_n
             settings = settings_for(tmp_path, sims.uis_url, sims.crm_url, **_sections())
             scenario = KINDS["ring_group_answered"](MISSED, STARTS[4])
             sims.uis.register(scenario)
-            assert await reconcile.run_backfill(settings, *PERIOD, deliver=False,
+            assert await backfill.run_backfill(settings, *PERIOD, deliver=False,
                                                 out=io.StringIO()) == 0
             async with open_daemon(sims, settings) as d:
                 await d.sims.crm.wait_for(lambda: d.uploads_for(MISSED))  # pending rows resume
@@ -259,13 +260,13 @@ async def test_backfill_stops_when_the_day_budget_runs_low_and_a_rerun_continues
                 reconcile={"page_size": 1, "day_reserve": 2}))
             ids = await _register_lost(sims.uis, 4, datetime(2024, 5, 17, 10, 0, 0))
             out = io.StringIO()
-            assert await reconcile.run_backfill(settings, *DAY, deliver=False, out=out) == 1
+            assert await backfill.run_backfill(settings, *DAY, deliver=False, out=out) == 1
             assert "2 created" in out.getvalue()
             assert "day budget is down to 2" in out.getvalue()
             assert len(_reports(sims.uis)) == 2
             sims.uis.day_limit = 100  # a new day
             out = io.StringIO()
-            assert await reconcile.run_backfill(settings, *DAY, deliver=False, out=out) == 0
+            assert await backfill.run_backfill(settings, *DAY, deliver=False, out=out) == 0
             assert "2 already known, 2 created" in out.getvalue()
             store = open_store(settings)
             try:
@@ -320,7 +321,7 @@ async def test_daemon_reconciles_the_last_hours_and_leaves_recent_sessions_alone
 ])
 def test_windows_cover_the_period_and_none_exceeds_three_months(start, end, count):
     date_from, date_till = datetime.fromisoformat(start), datetime.fromisoformat(end)
-    result = reconcile.windows(date_from, date_till)
+    result = windows.windows(date_from, date_till)
     assert len(result) == count
     assert result[0][0] == date_from and result[-1][1] == date_till
     for (_, b), (c, _) in zip(result, result[1:], strict=False):
@@ -370,17 +371,17 @@ def test_backfill_command_refuses_bad_times(tmp_path, capsys, argv, message):
 
 
 def test_parse_moment_reads_bare_dates_as_whole_days():
-    assert reconcile.parse_moment("2024-05-17") == datetime(2024, 5, 17)
-    assert reconcile.parse_moment("2024-05-17", end_of_day=True) == datetime(2024, 5, 17, 23, 59,
+    assert windows.parse_moment("2024-05-17") == datetime(2024, 5, 17)
+    assert windows.parse_moment("2024-05-17", end_of_day=True) == datetime(2024, 5, 17, 23, 59,
                                                                               59)
-    assert reconcile.parse_moment(" 2024-05-17 14:03:27 ") == datetime(2024, 5, 17, 14, 3, 27)
+    assert windows.parse_moment(" 2024-05-17 14:03:27 ") == datetime(2024, 5, 17, 14, 3, 27)
 
 
 def test_progress_line_is_silent_unless_enabled():
     quiet, loud = io.StringIO(), io.StringIO()
     for stream, enabled in ((quiet, False), (loud, True)):
-        bar = reconcile.Progress(stream, enabled, min_interval=0)
-        bar.show(reconcile._reading_line(Tally(read=3, reported=10, created=1, known=2,
+        bar = backfill.Progress(stream, enabled, min_interval=0)
+        bar.show(backfill._reading_line(Tally(read=3, reported=10, created=1, known=2,
                                                window="w")))
         bar.show("short")
         bar.close()

@@ -88,11 +88,12 @@ def _templates(args: argparse.Namespace) -> int:
 
 
 def _backfill(args: argparse.Namespace) -> int:
-    from tracker.features import reconcile
+    from tracker.cli import backfill
+    from tracker.core.windows import parse_moment
 
     try:
-        date_from = reconcile.parse_moment(args.date_from)
-        date_till = reconcile.parse_moment(args.date_till, end_of_day=True)
+        date_from = parse_moment(args.date_from)
+        date_till = parse_moment(args.date_till, end_of_day=True)
     except ValueError as exc:
         print(f"tracker backfill: {exc}", file=sys.stderr)
         return 2
@@ -103,7 +104,7 @@ def _backfill(args: argparse.Namespace) -> int:
     # One INFO line per created call would tear the progress line apart: warnings only.
     level = settings.log.level if settings.log.level in ("DEBUG", "ERROR") else "WARNING"
     logs.configure(level, settings.log.format)
-    return trio.run(partial(reconcile.run_backfill, settings, date_from, date_till,
+    return trio.run(partial(backfill.run_backfill, settings, date_from, date_till,
                             deliver=False if args.no_deliver else None,
                             progress=args.progress or sys.stderr.isatty()))
 

@@ -1,43 +1,38 @@
-"""Reconciliation and backfill: create and upload the finished sessions tracker never heard of.
+"""Reconciliation: create the finished sessions tracker never heard of, from the Data API report.
 
 UIS notifications get lost (tracker down, a network stretch, a notification type never set up).
 The Data API's ``get.calls_report`` is the PBX's own record. A periodic pass in the daemon (every
 ``reconcile.interval_seconds`` over the last ``reconcile.lookback_hours``) and
-``python run.py backfill`` page through it and, for each finished session without a call row,
-synthesise its opening and its end (``tracker.core.synthesis``) through ``ingest``: the call is
-stored and uploaded like any other, with no card (no ``waiting_answer`` is synthesised, and real
-notifications arriving later meet a final state). The "known?" check and the creation share one
-transaction and the synthesised notifications have deterministic dedupe keys, so running twice
-changes nothing.
+``python run.py backfill`` (``tracker.cli.backfill``) page through it and, for each finished
+session without a call row, synthesise its opening and its end (``tracker.core.synthesis``)
+through ``ingest``: the call is stored and uploaded like any other, with no card (no
+``waiting_answer`` is synthesised, and real notifications arriving later meet a final state).
+The "known?" check and the creation share one transaction and the synthesised notifications
+have deterministic dedupe keys, so running twice changes nothing.
 
-Paging follows the Data API's rules: windows of at most three months, ``limit``/``offset`` with
-a stable sort (a window holding more than ``offset`` can reach is split), the budgets of
-``metadata.limits`` (a pause when the minute's remainder reaches ``minute_reserve``, a stop when
-the day's reaches ``day_reserve``), and retries with doubling pauses after ``limit_exceeded``,
-internal errors and transport failures.
+Paging follows the Data API's rules: windows of at most three months (``core.windows``),
+``limit``/``offset`` with a stable sort (a window holding more than ``offset`` can reach is
+split), the budgets of ``metadata.limits`` (a pause when the minute's remainder reaches
+``minute_reserve``, a stop when the day's reaches ``day_reserve``), and retries with doubling
+pauses after ``limit_exceeded``, internal errors and transport failures.
 """
-
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-import httpx
 import trio
 
-from tracker.clients import throttle
 from tracker.clients.uis import UisClient
-from tracker.config import ReconcileSettings, Settings
-from tracker.core import statecharts, synthesis
-from tracker.core.calls import Call
-from tracker.core.catalogue import EVENTS
+from tracker.config import ReconcileSettings
+from tracker.core import synthesis
 from tracker.core.statecharts import Chart
+from tracker.core.windows import windows
 from tracker.db.store import Store
 from tracker.errors import DeliveryError, RejectedNotification, RetryableDelivery
 from tracker.intake import ingest
@@ -85,40 +80,6 @@ class ReconcileStatistics:
     failed_requests: int
     last_error: str | None
     last_pass_at: float | None
-
-
-def parse_moment(text: str, *, end_of_day: bool = False) -> datetime:
-    """``YYYY-MM-DD HH:MM:SS`` (or a bare date: its first or last second), account-local."""
-    text = text.strip()
-    for fmt in (TIME_FORMAT, "%Y-%m-%d %H:%M", "%Y-%m-%d"):
-        try:
-            moment = datetime.strptime(text, fmt)
-        except ValueError:
-            continue
-        if fmt == "%Y-%m-%d" and end_of_day:
-            moment += timedelta(days=1) - _SECOND
-        return moment
-    raise ValueError(f"not a time: expected 'YYYY-MM-DD HH:MM:SS', got {text!r}")
-
-
-def _months_later(moment: datetime, months: int) -> datetime:
-    index = moment.month - 1 + months
-    year, month = moment.year + index // 12, index % 12 + 1
-    days = [31, 29 if year % 4 == 0 and (year % 100 or year % 400 == 0) else 28, 31, 30, 31, 30,
-            31, 31, 30, 31, 30, 31][month - 1]
-    return moment.replace(year=year, month=month, day=min(moment.day, days))
-
-
-def windows(date_from: datetime, date_till: datetime) -> list[tuple[datetime, datetime]]:
-    """Split ``[date_from, date_till]`` (inclusive, whole seconds) into contiguous windows the
-    Data API accepts: none longer than three calendar months."""
-    start, till = date_from.replace(microsecond=0), date_till.replace(microsecond=0)
-    result = []
-    while start <= till:
-        end = min(till, _months_later(start, 3) - _SECOND)
-        result.append((start, end))
-        start = end + _SECOND
-    return result
 
 
 class Reconciler:
@@ -312,144 +273,3 @@ class Reconciler:
             tally.answered += 1
         else:
             tally.lost += 1
-
-
-# -- the backfill command ---------------------------------------------------------------------
-
-
-class Progress:
-    """One status line on stderr, rewritten in place with ``\\r``; silent when disabled."""
-
-    def __init__(self, stream: TextIO, enabled: bool, *, min_interval: float = 0.1) -> None:
-        self._stream = stream
-        self.enabled = enabled
-        self._min_interval = min_interval
-        self._shown_at = -1e9
-        self._width = 0
-
-    def show(self, text: str, *, force: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if not force and now - self._shown_at < self._min_interval:
-            return
-        self._shown_at = now
-        self._stream.write("\r" + text.ljust(self._width))
-        self._stream.flush()
-        self._width = len(text)
-
-    def close(self) -> None:
-        """End the line (if one was shown) so that what follows starts clean."""
-        if self.enabled and self._width:
-            self._stream.write("\n")
-            self._stream.flush()
-            self._width = 0
-
-
-def _reading_line(tally: Tally) -> str:
-    return (f"backfill {tally.window}: read {tally.read}/{tally.reported}, "
-            f"{tally.created} new, {tally.known} known")
-
-
-async def daemon_answers(settings: Settings) -> bool:
-    """True when something accepts connections on ``server.listen`` (the daemon, presumably)."""
-    host, _, port = settings.server.listen.rpartition(":")
-    host = host.strip("[]")
-    if not port.isdigit() or int(port) == 0:
-        return False
-    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-    with trio.move_on_after(1.0):
-        try:
-            stream = await trio.open_tcp_stream(host, int(port))
-        except OSError:
-            return False
-        await stream.aclose()
-        return True
-    return False
-
-
-async def run_backfill(settings: Settings, date_from: datetime, date_till: datetime, *,
-                       deliver: bool | None = None, progress: bool = False,
-                       out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    """``python run.py backfill``: create the missed sessions of a period, then upload them
-    (unless ``deliver`` is False, or None and a daemon answers: it will). Exit status: 0 when
-    the whole period was read, 1 when the Data API stopped it (a rerun continues)."""
-    from tracker.service import open_store  # service imports this module
-
-    chart = statecharts.load_all(statecharts.DEFAULT_DIR, Call, EVENTS)["call"]
-    tz = ZoneInfo(settings.crm.timezone)
-    bar = Progress(err, progress)
-    store = open_store(settings)
-    failure: str | None = None
-    try:
-        async with httpx.AsyncClient() as http:
-            uis = UisClient(http, settings.uis, throttle.uis_gate(settings.ratelimit))
-            mark = store.last_outbox_id()
-            reconciler = Reconciler(store, chart, tz, uis, settings.reconcile,
-                                    on_progress=lambda t: bar.show(_reading_line(t)))
-            tally = Tally()
-            try:
-                await reconciler.reconcile(date_from, date_till, tally)
-            except DeliveryError as exc:
-                failure = str(exc)
-            bar.show(_reading_line(tally), force=True)
-            bar.close()
-            print(f"backfill {date_from:%Y-%m-%d %H:%M:%S} … {date_till:%Y-%m-%d %H:%M:%S}: "
-                  f"UIS reported {tally.reported} finished sessions; {tally.known} already "
-                  f"known, {tally.created} created ({tally.answered} answered, {tally.lost} "
-                  f"lost), {tally.recent} too recent (left to the daemon), {tally.rejected} "
-                  f"unreadable", file=out)
-            if failure:
-                print(f"stopped early: {failure}. Run the same command again later: sessions "
-                      "created so far are skipped.", file=out)
-            if tally.created_ids and deliver is None and await daemon_answers(settings):
-                print(f"a daemon answers on {settings.server.listen}: it uploads the new "
-                      "calls", file=out)
-                deliver = False
-            if tally.created_ids and deliver is not False:
-                counts = await _deliver(store, settings, http, uis, tally.created_ids, mark, bar)
-                print("uploads: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in
-                                               ("delivered", "dropped", "dead", "pending")),
-                      file=out)
-                if counts.get("pending"):
-                    print("pending uploads stay queued: the daemon delivers them when it runs",
-                          file=out)
-    finally:
-        bar.close()
-        store.close()
-    return 1 if failure else 0
-
-
-async def _deliver(store: Store, settings: Settings, http: httpx.AsyncClient, uis: UisClient,
-                   call_ids: list[int], mark: int, bar: Progress) -> dict[str, int]:
-    """Run an outbox in this process, on the new calls' rows only, until they are settled (or
-    a deadline: an answered call may wait ``uis.record_wait_seconds`` for its recording).
-
-    Only the lanes of the calls it created: other pending work (a status change, a daemon's
-    pop-up) is the daemon's, whose handlers and timing it needs; this process leaves it alone.
-    Nor does it ask UIS about busy lines: these calls were read from the report already."""
-    from tracker.clients.crm import CrmClient
-    from tracker.delivery.dispatcher import Outbox
-    from tracker.delivery.handlers import RetailCrmHandlers
-
-    crm = CrmClient(http, settings.crm, throttle.crm_gate(settings.ratelimit))
-    outbox = Outbox(store, settings, RetailCrmHandlers(store, settings, crm, uis).kinds(),
-                    only_lanes=store.lanes_of_calls(call_ids, mark))
-
-    def counts() -> dict[str, int]:
-        return store.statuses_of_calls(call_ids, mark)
-
-    async with trio.open_nursery() as nursery:
-        await nursery.start(outbox.run)
-        with trio.move_on_after(settings.uis.record_wait_seconds + 60):
-            while True:
-                now = counts()
-                total = sum(now.values())
-                bar.show(f"uploading: {total - now.get('pending', 0)}/{total}")
-                if not now.get("pending"):
-                    break
-                await outbox.wait_until_idle()
-                await trio.sleep(0.1)  # rows waiting for a recording or a retry are not idle work
-        nursery.cancel_scope.cancel()
-    bar.close()
-    return counts()
