@@ -1,4 +1,4 @@
-"""Prometheus metrics of one daemon, served at ``GET /metrics``.
+"""Prometheus metrics of one daemon (``web.app`` serves them at ``GET /metrics``).
 
 Each daemon owns its ``CollectorRegistry`` (never the global one: tests run several daemons in
 one process). Counters are fed where things happen (the webhook route, the outbox, the admin
@@ -26,11 +26,9 @@ from tracker.core.catalogue import EVENTS
 from tracker.errors import PermanentDelivery, RetryableDelivery
 
 if TYPE_CHECKING:
-    from quart_trio import QuartTrio
-
-    from tracker.context import Context
     from tracker.db.store import Store
 
+CONTENT_TYPE = CONTENT_TYPE_LATEST  # of what ``render`` returns
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 OUTBOX_STATUSES = ("pending", "retrying", "dead")
@@ -150,30 +148,6 @@ class Metrics:
         self.start_time.set(started_at)
 
     def render(self) -> bytes:
+        """The registry in Prometheus's text format (``CONTENT_TYPE``)."""
         return generate_latest(self.registry)
 
-
-def register(app: QuartTrio, ctx: Context) -> None:
-    """Add ``GET /metrics``; with ``admin.metrics_require_key`` it needs a ``calls:read`` key."""
-    from quart import Response, request  # quart is heavy: imported only by a serving daemon
-
-    from tracker.db import keys
-
-    live_states = tuple(s for s in ctx.chart.states if not ctx.chart.is_final(s))
-
-    @app.route("/metrics")
-    async def metrics() -> Any:
-        if ctx.settings.admin.metrics_require_key:
-            token = keys.bearer(request.headers.get("Authorization"))
-            allowed = keys.authorize(ctx.store, token, "calls:read") is not None or (
-                token is None and keys.loopback_allowed(
-                    ctx.settings.admin.allow_loopback_without_key, request.remote_addr))
-            if not allowed:
-                response = Response('{"error": "forbidden", "message": "a key with calls:read is '
-                                    'required (Authorization: Bearer)"}', status=401,
-                                    content_type="application/json")
-                response.headers["WWW-Authenticate"] = "Bearer"
-                return response
-        ctx.metrics.refresh(ctx.store, live_states, ctx.lifecycle.started_at,
-                            database_damaged=ctx.integrity.problem is not None)
-        return Response(ctx.metrics.render(), content_type=CONTENT_TYPE_LATEST)

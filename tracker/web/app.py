@@ -1,5 +1,5 @@
-"""HTTP routes (quart-trio): health, the status page, the APIs; UIS notifications come first
-(webhook.py). Status codes live in these modules."""
+"""HTTP routes (quart-trio): health, metrics, the status page, the APIs; UIS notifications come
+first (webhook.py). Status codes live in these modules."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from werkzeug.exceptions import HTTPException
 from tracker import metrics
 from tracker.clients import throttle
 from tracker.context import Context
+from tracker.db import keys
 from tracker.features import clicktocall, routing, status_sync
 from tracker.web import api, guard, page, webhook
 
@@ -79,7 +80,26 @@ def create_app(ctx: Context) -> QuartTrio:
     clicktocall.register(app, ctx)
     status_sync.register(app, ctx)
     api.register(app, ctx)
-    metrics.register(app, ctx)
+    live_states = tuple(s for s in ctx.chart.states if not ctx.chart.is_final(s))
+
+    @app.route("/metrics")
+    async def metrics_page() -> Response:
+        """Prometheus metrics; with ``admin.metrics_require_key`` only for a ``calls:read``
+        key."""
+        if ctx.settings.admin.metrics_require_key:
+            token = keys.bearer(request.headers.get("Authorization"))
+            allowed = keys.authorize(ctx.store, token, "calls:read") is not None or (
+                token is None and keys.loopback_allowed(
+                    ctx.settings.admin.allow_loopback_without_key, request.remote_addr))
+            if not allowed:
+                response = Response('{"error": "forbidden", "message": "a key with calls:read is '
+                                    'required (Authorization: Bearer)"}', status=401,
+                                    content_type="application/json")
+                response.headers["WWW-Authenticate"] = "Bearer"
+                return response
+        ctx.metrics.refresh(ctx.store, live_states, ctx.lifecycle.started_at,
+                            database_damaged=ctx.integrity.problem is not None)
+        return Response(ctx.metrics.render(), content_type=metrics.CONTENT_TYPE)
 
     @app.route("/static/logo.svg")
     async def logo() -> Response:
