@@ -7,8 +7,9 @@ at once: it commits all or nothing.
 ``Store`` is the one handle the rest of tracker uses; the queries of each table are written in
 that table's module and mixed in: ``calls``, ``events``, ``outbox``, ``employees``,
 ``warnings``, ``clicks``, ``presence`` (status sync) and ``requestlog``. Reports and
-administration are functions over a ``Store``: ``pagedata`` (the status page), ``querylang``
-(the admin API's queries), ``keys``, ``maintenance``.
+administration are functions: over a ``Store`` in ``querysql`` (the admin API's queries),
+``keys`` and ``maintenance``; over a read-only connection in a thread in ``pagedata`` (the
+status page).
 """
 
 from __future__ import annotations
