@@ -1,6 +1,5 @@
-"""Command line: ``serve``, ``demo``, ``bench``, ``activate``, ``check``, ``backfill``, ``keys``,
-``systemd-unit``, ``outbox`` (dead letters), ``backup``, ``templates``; each command's module is
-imported only when it runs. The environment is read here and nowhere else."""
+"""Command line: ``serve``, ``demo``, ``activate``. The environment is read here and nowhere
+else."""
 
 from __future__ import annotations
 
