@@ -36,10 +36,9 @@ from tracker.core.calls import Call
 from tracker.core.catalogue import EVENTS
 from tracker.db import integrity, maintenance, requestlog
 from tracker.db.checkpointer import Checkpointer
-from tracker.db.store import Store
+from tracker.db.store import open_store
 from tracker.delivery import busy
 from tracker.delivery.outbox import Outbox
-from tracker.errors import StoreError
 from tracker.features.reconcile import Reconciler
 from tracker.features.status_sync import StatusSync
 from tracker.features.sweeper import Sweeper
@@ -57,22 +56,6 @@ class Running:
 
     url: str
     ctx: Context
-
-
-def open_store(settings: Settings, *, check: bool = True) -> Store:
-    """Open the database, check it (unless told it is known good), apply migrations. Raises
-    ``StoreError`` with the reason."""
-    store = Store(settings.database.path, synchronous=settings.database.synchronous)
-    maintenance.keep_private(settings.database.path)
-    verdict = store.integrity_ok() if check else "ok"
-    if verdict != "ok":
-        store.close()
-        raise StoreError(f"{settings.database.path}: integrity check failed, refusing to start: "
-                         f"{verdict[:500]}. Restore a backup (python run.py backup makes them) "
-                         "or move the file away to start afresh.")
-    store.migrate()
-    store.sync_employees(settings.employees)  # the file seeds the live mapping (config wins)
-    return store
 
 
 async def serve(

@@ -109,13 +109,11 @@ def _backfill(args: argparse.Namespace) -> int:
 
 def _keys(args: argparse.Namespace) -> int:
     from tracker.db import keys
-    from tracker.db.store import Store
+    from tracker.db.store import open_store
     from tracker.errors import KeyProblem
 
-    settings = _settings(args)
-    store = Store(settings.database.path, synchronous=settings.database.synchronous)
+    store = open_store(_settings(args), check=False, seed_employees=False)
     try:
-        store.migrate()
         if args.action == "create":
             key, token = keys.create(store, args.name, args.rights)
             print(f"created key {key.name!r} (id {key.id}) with {', '.join(sorted(key.rights))}; "
@@ -152,9 +150,10 @@ def _systemd_unit(args: argparse.Namespace) -> int:
 
 def _outbox(args: argparse.Namespace) -> int:
     from tracker.db import maintenance
+    from tracker.db.store import open_store
     from tracker.delivery.outbox import EXTERNAL_CHECK_SECONDS
 
-    store = maintenance.open_existing(_settings(args))
+    store = open_store(_settings(args), check=False, seed_employees=False, must_exist=True)
     try:
         if args.action == "list":
             print(maintenance.format_dead_letters(maintenance.dead_letters(store)))

@@ -8,6 +8,7 @@ at once: it commits all or nothing.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -17,10 +18,12 @@ from typing import Any
 
 import sqlite_utils
 
-from tracker.config import Employee
+from tracker.config import Employee, Settings
 from tracker.core.calls import Call
 from tracker.db.migrations import MIGRATIONS
 from tracker.errors import StoreError
+
+log = logging.getLogger(__name__)
 
 # A pending row is its lane's head when no older row of the lane is pending (the lanes index).
 _IS_LANE_HEAD = ("NOT EXISTS (SELECT 1 FROM outbox p WHERE p.status = 'pending'"
@@ -478,3 +481,48 @@ _EMPLOYEE_COLUMNS = ("crm_user_id", "code", "phone", "full_name", "tags")
 
 def _employee_of(row: sqlite3.Row) -> Employee:
     return Employee(uis_id=row[0], crm_user_id=row[1], code=row[2], phone=row[3] or "")
+
+
+def open_store(settings: Settings, *, check: bool = True, seed_employees: bool = True,
+               must_exist: bool = False) -> Store:
+    """The one way to open the daemon's database (the daemon, the CLI, backfill).
+
+    The file is made owner-only, checked in full (``check``: the daemon skips it for a file it
+    closed cleanly itself; the short CLI commands skip it), migrated, and seeded with the
+    ``[[employees]]`` of the configuration (``seed_employees``: the file seeds the live mapping,
+    config wins). ``must_exist`` refuses a file that is not there yet (the commands that read
+    what a daemon wrote). Raises ``StoreError`` with the reason; nothing stays open then.
+    """
+    path = settings.database.path
+    if must_exist and not path.exists():
+        raise StoreError(f"{path}: no database here (has the daemon run with this config?)")
+    store = Store(path, synchronous=settings.database.synchronous)
+    try:
+        keep_private(path)
+        verdict = store.integrity_ok() if check else "ok"
+        if verdict != "ok":
+            raise StoreError(f"{path}: integrity check failed, refusing to start: "
+                             f"{verdict[:500]}. Restore a backup (python run.py backup makes "
+                             "them) or move the file away to start afresh.")
+        store.migrate()
+        if seed_employees:
+            store.sync_employees(settings.employees)
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def keep_private(path: Path) -> None:
+    """Make the database and its ``-wal``/``-shm`` files owner-only. ``Store`` creates the file
+    so and SQLite gives its side files the file's mode; this tightens a file made otherwise
+    (copied in, or created by hand)."""
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            mode = file.stat().st_mode & 0o777
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            file.chmod(mode & 0o700)
+            log.warning("%s was readable by others (mode %o): made it owner-only", file, mode)
+

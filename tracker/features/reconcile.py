@@ -39,7 +39,7 @@ from tracker.core import statecharts, synthesis
 from tracker.core.calls import Call
 from tracker.core.catalogue import EVENTS
 from tracker.core.statecharts import Chart
-from tracker.db.store import Store
+from tracker.db.store import Store, open_store
 from tracker.errors import DeliveryError, RejectedNotification, RetryableDelivery
 from tracker.intake import ingest
 
@@ -380,8 +380,6 @@ async def run_backfill(settings: Settings, date_from: datetime, date_till: datet
     """``python run.py backfill``: create the missed sessions of a period, then upload them
     (unless ``deliver`` is False, or None and a daemon answers: it will). Exit status: 0 when
     the whole period was read, 1 when the Data API stopped it (a rerun continues)."""
-    from tracker.service import open_store  # service imports this module
-
     chart = statecharts.load_all(statecharts.DEFAULT_DIR, Call, EVENTS)["call"]
     tz = ZoneInfo(settings.crm.timezone)
     bar = Progress(err, progress)
