@@ -72,13 +72,14 @@ def _check(args: argparse.Namespace) -> int:
 
 def _templates(args: argparse.Namespace) -> int:
     from tracker.core import catalogue
+    from tracker.core.notifications import WEBHOOK_PREFIX
 
     base = "https://tracker.example.com"
     secret = "<uis.webhook_secret>"
     if args.config or os.environ.get("TRACKER_CONFIG"):
         settings = _settings(args)
         base = settings.server.public_url.rstrip("/")
-    print(f"Notification URL (method POST, JSON body): {base}/webhooks/uis/{secret}\n")
+    print(f"Notification URL (method POST, JSON body): {base}{WEBHOOK_PREFIX}{secret}\n")
     for item in catalogue.NOTIFICATIONS:
         print(f"== {item.event}: {item.ui_name_en} / {item.ui_name_ru}")
         print(catalogue.template_body(item.event))

@@ -11,8 +11,9 @@ import httpx
 import trio
 
 from tracker import config, service
+from tracker.core.notifications import WEBHOOK_PREFIX
 from tracker.db import keys
-from tracker.simulators import CrmSimulator, UisSimulator
+from tracker.simulators import CrmSimulator, Scenario, UisSimulator
 from tracker.simulators.scenarios import random_scenario
 from tracker.web.httpserve import serve_app
 
@@ -65,7 +66,7 @@ async def run_demo(listen: str, calls_per_minute: float, database: str | None) -
 
             running: service.Running = await nursery.start(daemon)
             url = running.url
-            webhook = f"{url}/webhooks/uis/{settings.uis.webhook_secret.reveal()}"
+            webhook = f"{url}{WEBHOOK_PREFIX}{settings.uis.webhook_secret.reveal()}"
             uis.webhook_url = webhook
             await nursery.start(uis.run)
             _, key = keys.create(running.ctx.store, "demo", ["admin"])
@@ -90,9 +91,9 @@ async def _generate(uis: UisSimulator, webhook: str, calls_per_minute: float) ->
             await trio.sleep(rng.expovariate(calls_per_minute / 60.0))
 
 
-async def _play(uis: UisSimulator, scenario: object, webhook: str, client: httpx.AsyncClient,
+async def _play(uis: UisSimulator, scenario: Scenario, webhook: str, client: httpx.AsyncClient,
                 gap: float) -> None:
     try:
-        await uis.play(scenario, webhook, client, gap_seconds=gap)  # type: ignore[arg-type]
+        await uis.play(scenario, webhook, client, gap_seconds=gap)
     except httpx.HTTPError as exc:
         log.warning("demo call %s: %r", getattr(scenario, "session_id", "?"), exc)
