@@ -54,7 +54,7 @@ CALLS = Table("calls", (
     json_column("cards_open"),
 ), default_sort=(("updated_at", "desc"),))
 
-EVENTS = Table("events", (
+CALL_EVENTS = Table("events", (
     Column("id", "int"), Column("received_at", "float"), Column("call_id", "int"),
     Column("event", "str"), Column("outcome", "str"), Column("duplicates", "int"),
     Column("state_before", "str"), Column("state_after", "str"), Column("error", "str"),
@@ -234,7 +234,7 @@ _GET = querylang.QUERY_PARAMS
 
 METHODS: dict[str, Method] = {
     "get.calls": Method("calls:read", _GET, _getter(CALLS)),
-    "get.call_events": Method("calls:read", _GET, _getter(EVENTS)),
+    "get.call_events": Method("calls:read", _GET, _getter(CALL_EVENTS)),
     "get.outbox": Method("calls:read", _GET, _getter(OUTBOX)),
     "retry.outbox": Method("outbox:write", frozenset({"ids"}), _retry_outbox),
     "get.employees": Method("calls:read", _GET, _getter(EMPLOYEES)),
