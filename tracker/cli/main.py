@@ -1,5 +1,6 @@
-"""Command line: ``serve``, ``demo``, ``activate``. The environment is read here and nowhere
-else."""
+"""Command line: ``serve``, ``demo``, ``bench``, ``activate``, ``check``, ``backfill``, ``keys``,
+``systemd-unit``, ``outbox``, ``backup``, ``templates`` (``--help`` of each says more). The
+environment is read here and nowhere else."""
 
 from __future__ import annotations
 

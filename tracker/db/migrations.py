@@ -1,7 +1,8 @@
 """The schema's versioned migrations, applied in order at start-up (``Store.migrate``).
 
 Migration N brings a database from version N-1 to N; ``PRAGMA user_version`` holds the version.
-A migration is appended, never edited once released.
+A migration is appended, never edited once released, and none is ever removed: the version
+numbers of databases in the field must keep their meaning (migration 5 is empty for that reason).
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def _migration_1(db: sqlite_utils.Database) -> None:
 
 
 def _migration_2(db: sqlite_utils.Database) -> None:
-    """Issue 3: click-to-call journal, employee status journal and what each side last showed."""
+    """Click-to-call journal, employee status journal and what each side last showed."""
     # Every make-call request that passed the clientId check. It is also the double-click
     # guard: a click row younger than click.dedupe_seconds for the same employee and number.
     db["clicks"].create(
@@ -171,7 +172,7 @@ def _migration_2(db: sqlite_utils.Database) -> None:
 
 
 def _migration_3(db: sqlite_utils.Database) -> None:
-    """Issue 4: API keys, and the employee mapping as live data (seeded from [[employees]])."""
+    """API keys, and the employee mapping as live data (seeded from [[employees]])."""
     db["api_keys"].create(
         {
             "id": int,
@@ -208,8 +209,8 @@ def _migration_3(db: sqlite_utils.Database) -> None:
 
 
 def _migration_4(db: sqlite_utils.Database) -> None:
-    """Issue 5: sweeper, reconciliation, hardening (filled in by that work)."""
-    # sweeper/reconcile
+    """The sweeper and reconciliation's bookkeeping; journal retention's indexes; when a pop-up
+    last left."""
     # Why a call ended without its own end notification (sweeper, backfill), for the operator.
     db["calls"].add_column("end_reason", str)
     # The sweeper's bookkeeping: Data API lookups that did not find the session, when to look
@@ -217,7 +218,6 @@ def _migration_4(db: sqlite_utils.Database) -> None:
     db["calls"].add_column("sweep_attempts", int, not_null_default=0)
     db["calls"].add_column("sweep_next_at", float)
     db["calls"].add_column("sweep_note", str)
-    # outbox/hardening
     # Journal retention (tracker/db/maintenance.py) deletes old rows oldest first, in batches.
     db["events"].create_index(["received_at"])
     db["outbox"].create_index(["status", "updated_at"])
@@ -228,12 +228,13 @@ def _migration_4(db: sqlite_utils.Database) -> None:
 
 
 def _migration_5(db: sqlite_utils.Database) -> None:
-    """Issue 7: responsible-manager routing. No schema of its own: each decision is an
-    ``events`` row (event ``route``) on its call, and the answer cache lives in memory."""
+    """Responsible-manager routing: no schema of its own (each decision is an ``events`` row,
+    event ``route``, on its call; the answer cache lives in memory). The slot stays, empty, so
+    that version 5 keeps meaning what it meant when it was released."""
 
 
 def _migration_6(db: sqlite_utils.Database) -> None:
-    """Issue 6: the dispatcher's look-ups walk these in order and stop early, instead of
+    """The dispatcher's look-ups walk these in order and stop early, instead of
     grouping every pending row by lane on each wake-up (slow with a backlog of thousands)."""
     db["outbox"].create_index(["status", "priority", "id"])
     db["outbox"].create_index(["status", "next_at"])
