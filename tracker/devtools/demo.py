@@ -1,4 +1,8 @@
-"""``run.py demo``: the real daemon against the built-in simulators, fed a stream of calls."""
+"""``run.py demo``: the real daemon against the built-in simulators, fed a stream of calls.
+
+It prints where to look, then a line whenever the retailCRM simulator has accepted more: the
+proof, visible from outside the process, that calls go all the way through.
+"""
 
 from __future__ import annotations
 
@@ -76,6 +80,24 @@ async def run_demo(listen: str, calls_per_minute: float, database: str | None) -
                   f"  retailCRM sim: {crm_url}\n  database:     {db_path}\n"
                   "Ctrl-C stops it.\n", flush=True)
             nursery.start_soon(_generate, uis, webhook, calls_per_minute)
+            nursery.start_soon(_report, crm)
+
+
+def reached(crm: CrmSimulator) -> str:
+    """What the retailCRM simulator has accepted so far, in one line."""
+    calls = {str(e.get("callExternalId")) for e in crm.events}
+    return (f"retailCRM simulator accepted {len(crm.events)} call events for {len(calls)} "
+            f"calls, {len(crm.uploaded)} calls in the history")
+
+
+async def _report(crm: CrmSimulator, every_seconds: float = 2.0) -> None:
+    last = ""
+    while True:
+        await trio.sleep(every_seconds)
+        line = reached(crm)
+        if line != last and (crm.events or crm.uploaded):
+            print(line, flush=True)
+            last = line
 
 
 async def _generate(uis: UisSimulator, webhook: str, calls_per_minute: float) -> None:
