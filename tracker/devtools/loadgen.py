@@ -1,8 +1,9 @@
 """A small HTTP/1.1 load generator for the benchmark: keep-alive connections, one process each.
 
-It runs as its own process (``python -m tracker.loadgen``) so that the server under test and the
-load do not share an interpreter; a single-threaded ``selectors`` loop drives many connections,
-each sending realistic call flows (4–6 notifications per call, in order) and timing every answer.
+It runs as its own process (``python -m tracker.devtools.loadgen``) so that the server under
+test and the load do not share an interpreter; a single-threaded ``selectors`` loop drives many
+connections, each sending realistic call flows (4–6 notifications per call, in order) and timing
+every answer.
 It prints one JSON line: requests, errors, latency percentiles, and its own CPU seconds.
 """
 
