@@ -145,3 +145,16 @@ def test_open_store_is_the_one_way_in(tmp_path) -> None:
     store = open_store(settings, check=False, seed_employees=False, must_exist=True)
     store.close()
     assert stat.S_IMODE(settings.database.path.stat().st_mode) == 0o600
+
+
+async def test_quart_limits_come_from_the_settings_once(tmp_path) -> None:
+    """web/app.py no longer sets its own 30 s first: the guard sets quart's limits from the
+    settings, and nothing else does."""
+    from tracker.web.app import create_app
+
+    with trio.fail_after(30):
+        async with open_system(tmp_path, server={"request_timeout_seconds": 7,
+                                                 "max_body_bytes": 4096}) as d:
+            app = create_app(d.ctx)
+            assert app.config["BODY_TIMEOUT"] == app.config["RESPONSE_TIMEOUT"] == 7
+            assert app.config["MAX_CONTENT_LENGTH"] == 4096
