@@ -26,7 +26,8 @@ $(CHROMIUM):
 
 test: $(STAMP) $(CHROMIUM)
 	$(PY) -m ruff check .
-	$(PY) -m pytest
+	$(PY) -m mypy
+	$(PY) -m pytest --cov --cov-report=term
 
 bench: $(STAMP)
 	$(PY) run.py bench

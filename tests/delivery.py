@@ -1,7 +1,8 @@
 """A stream of calls sent as UIS sends them, and the delivery contract checked against what the
 retailCRM simulator received (shared by the crash and outage tests).
 
-The contract (``design.md`` §2, "Delivery guarantee"), as asserted by :func:`check_contract`:
+The delivery guarantee of the project's contract (the design notes the team keeps outside this
+repository; README, "Reliability", says it for users), as asserted by :func:`check_contract`:
 
 - Uploads: every call has exactly one record in retailCRM (``externalId`` = UIS session id),
   with the right result. A request re-sent after a crash or a lost answer is fine on the wire:

@@ -71,7 +71,7 @@ class Bridge:
     def set_crm_key(self, key: str) -> None:
         self.run_sync(setattr, self.sims.crm, "api_key", key)
 
-    def send(self, notification: scenarios.Notification) -> dict[str, Any]:
+    def send(self, notification: scenarios.Sent) -> dict[str, Any]:
         response = self.run(self.sims.uis.send_notification, notification,
                             f"{self.url}/webhooks/uis/{SECRET}", self.client)
         assert response.status_code == 200, response.text

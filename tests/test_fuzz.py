@@ -35,6 +35,7 @@ from hypothesis import strategies as st
 
 from tests.support import CLIENT_ID, SECRET, open_daemon, open_sims, settings_for, start_time
 from tracker.core.catalogue import EVENTS
+from tracker.core.notifications import WEBHOOK_PREFIX
 from tracker.db import keys
 from tracker.simulators import scenarios
 
@@ -392,7 +393,7 @@ def _routes(running: Running) -> list[tuple[str, str]]:
     from tracker.web.app import create_app
 
     app = running.in_daemon(lambda: create_app(running.ctx))
-    found = [(method, webhook.PREFIX + SECRET) for method in (*webhook.METHODS, "PUT")]
+    found = [(method, WEBHOOK_PREFIX + SECRET) for method in (*webhook.METHODS, "PUT")]
     for rule in app.url_map.iter_rules():
         path = rule.rule
         for name, value in (("<given>", SECRET), ("<int:call_id>", "1"), ("<int:row_id>", "1")):

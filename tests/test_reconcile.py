@@ -18,10 +18,10 @@ from tracker.core import synthesis, windows
 from tracker.core.calls import Call
 from tracker.core.catalogue import EVENTS
 from tracker.core.statecharts import DEFAULT_DIR, load_all
+from tracker.db.store import open_store
 from tracker.errors import DeliveryError
 from tracker.features import reconcile
 from tracker.features.reconcile import Reconciler, Tally
-from tracker.service import open_store
 from tracker.simulators import scenarios
 from tracker.simulators.jsonrpc import _months_later
 

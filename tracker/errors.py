@@ -3,7 +3,8 @@
     TrackerError
     ├── ConfigError            the configuration is bad; lists every problem at once
     ├── StatechartError        a file in statecharts/ is invalid
-    ├── RejectedNotification   a webhook body we cannot accept (the web layer answers 400)
+    ├── BodyError              a request body that cannot be decoded (core/bodies.py)
+    │   └── RejectedNotification   a webhook notification we cannot accept (answered 400)
     ├── StoreError             the database refused (integrity check, schema too new)
     ├── ApiError               an admin API request refused (JSON-RPC code + mnemonic)
     ├── KeyProblem             an API key cannot be created or revoked as asked
@@ -34,13 +35,17 @@ class StatechartError(TrackerError):
     """A statechart definition failed validation."""
 
 
-class RejectedNotification(TrackerError):
-    """A notification body that cannot be accepted; ``field`` names the culprit when known."""
+class BodyError(TrackerError):
+    """A request body that cannot be decoded; ``field`` names the culprit key when known."""
 
     def __init__(self, message: str, field: str | None = None) -> None:
         self.message = message
         self.field = field
         super().__init__(message if field is None else f"{field}: {message}")
+
+
+class RejectedNotification(BodyError):
+    """A notification that cannot be accepted; ``field`` names the culprit when known."""
 
 
 class StoreError(TrackerError):

@@ -10,6 +10,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+MASK = "***"  # what stands for a secret wherever one is hidden (log lines, the request log)
+
 call_id_var: contextvars.ContextVar[int | None] = contextvars.ContextVar("call_id", default=None)
 
 
@@ -42,7 +44,7 @@ class Redactor(logging.Filter):
             message = record.getMessage()
             redacted = message
             for secret in self.secrets:
-                redacted = redacted.replace(secret, "***")
+                redacted = redacted.replace(secret, MASK)
             if redacted != message:
                 record.msg, record.args = redacted, ()
         return True

@@ -36,11 +36,10 @@ from tracker.core.calls import Call
 from tracker.core.catalogue import EVENTS
 from tracker.db import integrity, maintenance, requestlog
 from tracker.db.checkpointer import Checkpointer
-from tracker.db.store import Store
+from tracker.db.store import Store, open_store
 from tracker.delivery import busy
 from tracker.delivery.dispatcher import Batched, BatchHandler, Handler, Outbox
 from tracker.delivery.handlers import RetailCrmHandlers
-from tracker.errors import StoreError
 from tracker.features.reconcile import Reconciler
 from tracker.features.status_sync import StatusPush, StatusSync
 from tracker.features.sweeper import Sweeper
@@ -73,22 +72,6 @@ def outbox_handlers(store: Store, settings: Settings, crm: CrmClient,
         **crm_handlers.kinds(upload=upload),
         **StatusPush(store, settings.status_sync, uis, crm).kinds(),
     }
-
-
-def open_store(settings: Settings, *, check: bool = True) -> Store:
-    """Open the database, check it (unless told it is known good), apply migrations. Raises
-    ``StoreError`` with the reason."""
-    store = Store(settings.database.path, synchronous=settings.database.synchronous)
-    maintenance.keep_private(settings.database.path)
-    verdict = store.integrity_ok() if check else "ok"
-    if verdict != "ok":
-        store.close()
-        raise StoreError(f"{settings.database.path}: integrity check failed, refusing to start: "
-                         f"{verdict[:500]}. Restore a backup (python run.py backup makes them) "
-                         "or move the file away to start afresh.")
-    store.migrate()
-    store.sync_employees(settings.employees)  # the file seeds the live mapping (config wins)
-    return store
 
 
 async def serve(

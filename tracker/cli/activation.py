@@ -66,7 +66,7 @@ def configuration_v4(settings: Settings) -> dict[str, Any]:
 def answer_warnings(settings: Settings, body: dict[str, Any]) -> list[str]:
     """Readable warnings for the ids and codes retailCRM says it does not know."""
     # retailCRM (PHP) sends an empty ``info`` as ``[]``; the lists may also sit at the top level.
-    info = body.get("info") if isinstance(body.get("info"), dict) else body
+    info = given if isinstance(given := body.get("info"), dict) else body
     warnings = []
     for value in info.get("notExistUsersIds") or []:
         mapped = [e for e in settings.employees if str(e.crm_user_id) == str(value)]

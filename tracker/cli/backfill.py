@@ -23,12 +23,11 @@ from tracker.config import Settings
 from tracker.core import statecharts
 from tracker.core.calls import Call
 from tracker.core.catalogue import EVENTS
-from tracker.db.store import Store
+from tracker.db.store import Store, open_store
 from tracker.delivery.dispatcher import Outbox
 from tracker.delivery.handlers import RetailCrmHandlers
 from tracker.errors import DeliveryError
 from tracker.features.reconcile import Reconciler, Tally
-from tracker.service import open_store
 
 
 class Progress:

@@ -1,5 +1,6 @@
-"""Command line: ``serve``, ``demo``, ``activate``. The environment is read here and nowhere
-else."""
+"""Command line: ``serve``, ``demo``, ``bench``, ``activate``, ``check``, ``backfill``, ``keys``,
+``systemd-unit``, ``outbox``, ``backup``, ``templates`` (``--help`` of each says more). The
+environment is read here and nowhere else."""
 
 from __future__ import annotations
 
@@ -73,13 +74,14 @@ def _check(args: argparse.Namespace) -> int:
 
 def _templates(args: argparse.Namespace) -> int:
     from tracker.core import catalogue
+    from tracker.core.notifications import WEBHOOK_PREFIX
 
     base = "https://tracker.example.com"
     secret = "<uis.webhook_secret>"
     if args.config or os.environ.get("TRACKER_CONFIG"):
         settings = _settings(args)
         base = settings.server.public_url.rstrip("/")
-    print(f"Notification URL (method POST, JSON body): {base}/webhooks/uis/{secret}\n")
+    print(f"Notification URL (method POST, JSON body): {base}{WEBHOOK_PREFIX}{secret}\n")
     for item in catalogue.NOTIFICATIONS:
         print(f"== {item.event}: {item.ui_name_en} / {item.ui_name_ru}")
         print(catalogue.template_body(item.event))
@@ -111,13 +113,11 @@ def _backfill(args: argparse.Namespace) -> int:
 
 def _keys(args: argparse.Namespace) -> int:
     from tracker.db import keys
-    from tracker.db.store import Store
+    from tracker.db.store import open_store
     from tracker.errors import KeyProblem
 
-    settings = _settings(args)
-    store = Store(settings.database.path, synchronous=settings.database.synchronous)
+    store = open_store(_settings(args), check=False, seed_employees=False)
     try:
-        store.migrate()
         if args.action == "create":
             key, token = keys.create(store, args.name, args.rights)
             print(f"created key {key.name!r} (id {key.id}) with {', '.join(sorted(key.rights))}; "
@@ -154,9 +154,10 @@ def _systemd_unit(args: argparse.Namespace) -> int:
 
 def _outbox(args: argparse.Namespace) -> int:
     from tracker.db import maintenance
+    from tracker.db.store import open_store
     from tracker.delivery.dispatcher import EXTERNAL_CHECK_SECONDS
 
-    store = maintenance.open_existing(_settings(args))
+    store = open_store(_settings(args), check=False, seed_employees=False, must_exist=True)
     try:
         if args.action == "list":
             print(maintenance.format_dead_letters(maintenance.dead_letters(store)))

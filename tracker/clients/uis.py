@@ -126,7 +126,7 @@ class UisClient:
         error = answer.get("error")
         if error is not None:
             error = error if isinstance(error, dict) else {"message": str(error)}
-            data = error.get("data") if isinstance(error.get("data"), dict) else {}
+            data = given if isinstance(given := error.get("data"), dict) else {}
             mnemonic = str(data.get("mnemonic") or "unknown")
             code = error.get("code")
             message = f"UIS {method}: {mnemonic}: {error.get('message', '')}".strip()

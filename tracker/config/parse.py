@@ -93,12 +93,12 @@ def parse(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> 
     for section in data:
         if section not in SCHEMA and section != "employees":
             problems.append(f"[{section}]: unknown section")
-    for section, values in merged.items():
+    for section, given in merged.items():
         if not isinstance(data.get(section, {}), dict):
             problems.append(f"[{section}]: must be a table")
             merged[section] = {}
             continue
-        for key in values:
+        for key in given:
             if key not in SCHEMA[section]:
                 problems.append(f"{section}.{key}: unknown key")
 
@@ -219,10 +219,11 @@ def _employees(raw: Any, problems: list[str]) -> list[Employee]:
                 problems.append(f"{where}.{key}: must be a positive integer")
                 ok = False
             item = {**item, key: value}
-        code = item.get("code")
-        if isinstance(code, int) and not isinstance(code, bool):
-            code = str(code)
-        if not isinstance(code, str) or not code.strip():
+        given_code = item.get("code")
+        if isinstance(given_code, int) and not isinstance(given_code, bool):
+            given_code = str(given_code)
+        code = given_code if isinstance(given_code, str) and given_code.strip() else ""
+        if not code:
             problems.append(f"{where}.code: must be a non-empty string")
             ok = False
         phone = item.get("phone", "")

@@ -19,6 +19,10 @@ from zoneinfo import ZoneInfo
 from tracker.core.catalogue import EVENTS
 from tracker.errors import RejectedNotification
 
+# Where UIS sends notifications: this prefix, then ``uis.webhook_secret`` (the routing request
+# hangs below it, ``.../<secret>/route``). Defined once for the web layer, the CLI and the tools.
+WEBHOOK_PREFIX = "/webhooks/uis/"
+
 _UNREPLACED = re.compile(r"^\{\{\s*[A-Za-z_]+\s*\}\}$")
 _MAX_ID = 2**63 - 1
 _DIGITS = re.compile(r"-?[0-9]{1,20}")  # ASCII only: str.isdigit() also accepts '²'

@@ -12,9 +12,11 @@ import ipaddress
 import json
 import re
 import secrets
+import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from tracker.db.store import Store
 from tracker.errors import KeyProblem
@@ -179,8 +181,8 @@ def revoke(store: Store, name_or_id: str, now: float | None = None) -> KeyInfo:
     return _info({**dict(row), "revoked_at": now})
 
 
-def _info(row: object) -> KeyInfo:
-    r = dict(row)  # type: ignore[call-overload]
+def _info(row: sqlite3.Row | Mapping[str, Any]) -> KeyInfo:
+    r = dict(row)
     return KeyInfo(id=r["id"], name=r["name"], rights=frozenset(json.loads(r["rights"])),
                    created_at=r["created_at"], last_used_at=r["last_used_at"],
                    revoked_at=r["revoked_at"])

@@ -24,40 +24,12 @@ from typing import Any
 
 import trio
 
-from tracker.config import RetentionSettings, Settings
+from tracker.config import RetentionSettings
 from tracker.core.calls import FINAL_STATES
 from tracker.db.store import Store
 from tracker.errors import StoreError
 
 log = logging.getLogger(__name__)
-
-
-def open_existing(settings: Settings) -> Store:
-    """The daemon's database for a command-line tool; ``StoreError`` when there is none yet."""
-    path = settings.database.path
-    if not path.exists():
-        raise StoreError(f"{path}: no database here (has the daemon run with this config?)")
-    store = Store(path, synchronous=settings.database.synchronous)
-    try:
-        store.migrate()
-    except BaseException:
-        store.close()
-        raise
-    return store
-
-
-def keep_private(path: Path) -> None:
-    """Make the database and its ``-wal``/``-shm`` files owner-only. ``Store`` creates the file
-    so and SQLite gives its side files the file's mode; this tightens a file made otherwise
-    (copied in, or created by hand)."""
-    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-        try:
-            mode = file.stat().st_mode & 0o777
-        except FileNotFoundError:
-            continue
-        if mode & 0o077:
-            file.chmod(mode & 0o700)
-            log.warning("%s was readable by others (mode %o): made it owner-only", file, mode)
 
 
 # -- dead letters ------------------------------------------------------------------------------

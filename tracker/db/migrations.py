@@ -1,7 +1,8 @@
 """The schema's versioned migrations, applied in order at start-up (``Store.migrate``).
 
 Migration N brings a database from version N-1 to N; ``PRAGMA user_version`` holds the version.
-A migration is appended, never edited once released.
+A migration is appended, never edited once released, and none is ever removed: the version
+numbers of databases in the field must keep their meaning (migration 5 is empty for that reason).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import sqlite_utils
 
 
 def _migration_1(db: sqlite_utils.Database) -> None:
-    db["calls"].create(
+    db.table("calls").create(
         {
             "id": int,
             "state": str,
@@ -37,9 +38,9 @@ def _migration_1(db: sqlite_utils.Database) -> None:
         pk="id",
         not_null={"state"},
     )
-    db["calls"].create_index(["state", "updated_at"])
-    db["calls"].create_index(["updated_at"])
-    db["events"].create(
+    db.table("calls").create_index(["state", "updated_at"])
+    db.table("calls").create_index(["updated_at"])
+    db.table("events").create(
         {
             "id": int,
             "received_at": float,
@@ -57,9 +58,9 @@ def _migration_1(db: sqlite_utils.Database) -> None:
         pk="id",
         defaults={"duplicates": 0},
     )
-    db["events"].create_index(["dedupe_key"], unique=True)
-    db["events"].create_index(["call_id", "id"])
-    db["outbox"].create(
+    db.table("events").create_index(["dedupe_key"], unique=True)
+    db.table("events").create_index(["call_id", "id"])
+    db.table("outbox").create(
         {
             "id": int,
             "lane": str,
@@ -80,9 +81,9 @@ def _migration_1(db: sqlite_utils.Database) -> None:
         not_null={"lane", "kind", "status"},
         defaults={"attempts": 0, "priority": 0},
     )
-    db["outbox"].create_index(["status", "lane", "id"])
-    db["outbox"].create_index(["call_id", "id"])
-    db["warnings"].create(
+    db.table("outbox").create_index(["status", "lane", "id"])
+    db.table("outbox").create_index(["call_id", "id"])
+    db.table("warnings").create(
         {
             "id": int,
             "kind": str,
@@ -94,9 +95,9 @@ def _migration_1(db: sqlite_utils.Database) -> None:
         },
         pk="id",
     )
-    db["warnings"].create_index(["kind", "subject"], unique=True)
+    db.table("warnings").create_index(["kind", "subject"], unique=True)
     # The request log: admin API calls and retailCRM callbacks (make-call, user-status).
-    db["api_requests"].create(
+    db.table("api_requests").create(
         {
             "id": int,
             "at": float,
@@ -110,14 +111,14 @@ def _migration_1(db: sqlite_utils.Database) -> None:
         },
         pk="id",
     )
-    db["api_requests"].create_index(["at"])
+    db.table("api_requests").create_index(["at"])
 
 
 def _migration_2(db: sqlite_utils.Database) -> None:
-    """Issue 3: click-to-call journal, employee status journal and what each side last showed."""
+    """Click-to-call journal, employee status journal and what each side last showed."""
     # Every make-call request that passed the clientId check. It is also the double-click
     # guard: a click row younger than click.dedupe_seconds for the same employee and number.
-    db["clicks"].create(
+    db.table("clicks").create(
         {
             "id": int,
             "at": float,
@@ -136,10 +137,10 @@ def _migration_2(db: sqlite_utils.Database) -> None:
         },
         pk="id",
     )
-    db["clicks"].create_index(["uis_id", "contact", "at"])
-    db["clicks"].create_index(["external_id"])
+    db.table("clicks").create_index(["uis_id", "contact", "at"])
+    db.table("clicks").create_index(["external_id"])
     # Every status change in either direction, with the outbox row that carries it.
-    db["status_changes"].create(
+    db.table("status_changes").create(
         {
             "id": int,
             "at": float,
@@ -153,9 +154,9 @@ def _migration_2(db: sqlite_utils.Database) -> None:
         },
         pk="id",
     )
-    db["status_changes"].create_index(["uis_id", "id"])
+    db.table("status_changes").create_index(["uis_id", "id"])
     # What each side last showed for an employee, and who made it so: the echo guard.
-    db["employee_presence"].create(
+    db.table("employee_presence").create(
         {
             "uis_id": int,
             "crm_user_id": int,
@@ -171,8 +172,8 @@ def _migration_2(db: sqlite_utils.Database) -> None:
 
 
 def _migration_3(db: sqlite_utils.Database) -> None:
-    """Issue 4: API keys, and the employee mapping as live data (seeded from [[employees]])."""
-    db["api_keys"].create(
+    """API keys, and the employee mapping as live data (seeded from [[employees]])."""
+    db.table("api_keys").create(
         {
             "id": int,
             "name": str,
@@ -189,7 +190,7 @@ def _migration_3(db: sqlite_utils.Database) -> None:
     db.execute("CREATE UNIQUE INDEX api_keys_token_hash ON api_keys(token_hash)")
     db.execute("CREATE UNIQUE INDEX api_keys_active_name ON api_keys(name)"
                " WHERE revoked_at IS NULL")
-    db["employees"].create(
+    db.table("employees").create(
         {
             "id": int,  # the UIS employee id
             "crm_user_id": int,
@@ -202,41 +203,41 @@ def _migration_3(db: sqlite_utils.Database) -> None:
         pk="id",
         not_null={"crm_user_id", "code"},
     )
-    db["employees"].create_index(["code"])
-    db["employees"].create_index(["crm_user_id"])
-    db["api_requests"].create_index(["key_name", "at"])
+    db.table("employees").create_index(["code"])
+    db.table("employees").create_index(["crm_user_id"])
+    db.table("api_requests").create_index(["key_name", "at"])
 
 
 def _migration_4(db: sqlite_utils.Database) -> None:
-    """Issue 5: sweeper, reconciliation, hardening (filled in by that work)."""
-    # sweeper/reconcile
+    """The sweeper and reconciliation's bookkeeping; journal retention's indexes; when a pop-up
+    last left."""
     # Why a call ended without its own end notification (sweeper, backfill), for the operator.
-    db["calls"].add_column("end_reason", str)
+    db.table("calls").add_column("end_reason", str)
     # The sweeper's bookkeeping: Data API lookups that did not find the session, when to look
     # again, and what the last lookup said (shown on the call's timeline).
-    db["calls"].add_column("sweep_attempts", int, not_null_default=0)
-    db["calls"].add_column("sweep_next_at", float)
-    db["calls"].add_column("sweep_note", str)
-    # outbox/hardening
+    db.table("calls").add_column("sweep_attempts", int, not_null_default=0)
+    db.table("calls").add_column("sweep_next_at", float)
+    db.table("calls").add_column("sweep_note", str)
     # Journal retention (tracker/db/maintenance.py) deletes old rows oldest first, in batches.
-    db["events"].create_index(["received_at"])
-    db["outbox"].create_index(["status", "updated_at"])
+    db.table("events").create_index(["received_at"])
+    db.table("outbox").create_index(["status", "updated_at"])
     # When a pop-up's request last left for retailCRM: set before it goes, cleared by an answer
     # saying nothing was done (429, 503). On a pending row it means the last attempt may have
     # shown the card (a crash or a lost answer): the outbox then keeps the card for the hangup.
-    db["outbox"].add_column("sent_at", float)
+    db.table("outbox").add_column("sent_at", float)
 
 
 def _migration_5(db: sqlite_utils.Database) -> None:
-    """Issue 7: responsible-manager routing. No schema of its own: each decision is an
-    ``events`` row (event ``route``) on its call, and the answer cache lives in memory."""
+    """Responsible-manager routing: no schema of its own (each decision is an ``events`` row,
+    event ``route``, on its call; the answer cache lives in memory). The slot stays, empty, so
+    that version 5 keeps meaning what it meant when it was released."""
 
 
 def _migration_6(db: sqlite_utils.Database) -> None:
-    """Issue 6: the dispatcher's look-ups walk these in order and stop early, instead of
+    """The dispatcher's look-ups walk these in order and stop early, instead of
     grouping every pending row by lane on each wake-up (slow with a backlog of thousands)."""
-    db["outbox"].create_index(["status", "priority", "id"])
-    db["outbox"].create_index(["status", "next_at"])
+    db.table("outbox").create_index(["status", "priority", "id"])
+    db.table("outbox").create_index(["status", "next_at"])
 
 
 MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5,

@@ -15,17 +15,18 @@ from typing import Any
 import trio
 
 from tracker.db.rows import Rows
+from tracker.logs import MASK
 
 log = logging.getLogger(__name__)
 
-MASK = "***"
 PRUNE_EVERY_SECONDS = 3600.0
 _SECRET_WORDS = ("token", "secret", "password", "api_key", "apikey", "client_id", "clientid")
 _MAX_PARAMS_CHARS = 8192  # one row must not let a client fill the disk
 
 
 def mask(params: Any) -> dict[str, Any]:
-    """A copy of ``params`` fit for the log: values under secret-looking names (``access_token``,
+    """A copy of ``params`` fit for the log (the admin API's and the retailCRM callbacks'):
+    values under secret-looking names (``access_token``,
     ``clientId``, ``api_key``, …, at any depth) become ``***``; oversized params are cut."""
     if not isinstance(params, dict):
         params = {"_params": params}

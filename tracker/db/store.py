@@ -14,6 +14,7 @@ status page).
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 
 import sqlite_utils
 
+from tracker.config import Settings
 from tracker.db.calls import CallRows
 from tracker.db.clicks import ClickRows
 from tracker.db.employees import EmployeeRows
@@ -31,6 +33,8 @@ from tracker.db.presence import PresenceRows
 from tracker.db.requestlog import RequestLogRows
 from tracker.db.warnings import WarningRows
 from tracker.errors import StoreError
+
+log = logging.getLogger(__name__)
 
 
 class _Transaction:
@@ -144,3 +148,48 @@ class Store(CallRows, EventRows, OutboxRows, EmployeeRows, WarningRows, ClickRow
         except sqlite3.Error as exc:
             return str(exc)
         return None
+
+
+def open_store(settings: Settings, *, check: bool = True, seed_employees: bool = True,
+               must_exist: bool = False) -> Store:
+    """The one way to open the daemon's database (the daemon, the CLI, backfill).
+
+    The file is made owner-only, checked in full (``check``: the daemon skips it for a file it
+    closed cleanly itself; the short CLI commands skip it), migrated, and seeded with the
+    ``[[employees]]`` of the configuration (``seed_employees``: the file seeds the live mapping,
+    config wins). ``must_exist`` refuses a file that is not there yet (the commands that read
+    what a daemon wrote). Raises ``StoreError`` with the reason; nothing stays open then.
+    """
+    path = settings.database.path
+    if must_exist and not path.exists():
+        raise StoreError(f"{path}: no database here (has the daemon run with this config?)")
+    store = Store(path, synchronous=settings.database.synchronous)
+    try:
+        keep_private(path)
+        verdict = store.integrity_ok() if check else "ok"
+        if verdict != "ok":
+            raise StoreError(f"{path}: integrity check failed, refusing to start: "
+                             f"{verdict[:500]}. Restore a backup (python run.py backup makes "
+                             "them) or move the file away to start afresh.")
+        store.migrate()
+        if seed_employees:
+            store.sync_employees(settings.employees)
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def keep_private(path: Path) -> None:
+    """Make the database and its ``-wal``/``-shm`` files owner-only. ``Store`` creates the file
+    so and SQLite gives its side files the file's mode; this tightens a file made otherwise
+    (copied in, or created by hand)."""
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            mode = file.stat().st_mode & 0o777
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            file.chmod(mode & 0o700)
+            log.warning("%s was readable by others (mode %o): made it owner-only", file, mode)
+

@@ -1,4 +1,8 @@
-"""``run.py demo``: the real daemon against the built-in simulators, fed a stream of calls."""
+"""``run.py demo``: the real daemon against the built-in simulators, fed a stream of calls.
+
+It prints where to look, then a line whenever the retailCRM simulator has accepted more: the
+proof, visible from outside the process, that calls go all the way through.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,9 @@ import httpx
 import trio
 
 from tracker import config, service
+from tracker.core.notifications import WEBHOOK_PREFIX
 from tracker.db import keys
-from tracker.simulators import CrmSimulator, UisSimulator
+from tracker.simulators import CrmSimulator, Scenario, UisSimulator
 from tracker.simulators.scenarios import random_scenario
 from tracker.web.httpserve import serve_app
 
@@ -65,7 +70,7 @@ async def run_demo(listen: str, calls_per_minute: float, database: str | None) -
 
             running: service.Running = await nursery.start(daemon)
             url = running.url
-            webhook = f"{url}/webhooks/uis/{settings.uis.webhook_secret.reveal()}"
+            webhook = f"{url}{WEBHOOK_PREFIX}{settings.uis.webhook_secret.reveal()}"
             uis.webhook_url = webhook
             await nursery.start(uis.run)
             _, key = keys.create(running.ctx.store, "demo", ["admin"])
@@ -75,6 +80,24 @@ async def run_demo(listen: str, calls_per_minute: float, database: str | None) -
                   f"  retailCRM sim: {crm_url}\n  database:     {db_path}\n"
                   "Ctrl-C stops it.\n", flush=True)
             nursery.start_soon(_generate, uis, webhook, calls_per_minute)
+            nursery.start_soon(_report, crm)
+
+
+def reached(crm: CrmSimulator) -> str:
+    """What the retailCRM simulator has accepted so far, in one line."""
+    calls = {str(e.get("callExternalId")) for e in crm.events}
+    return (f"retailCRM simulator accepted {len(crm.events)} call events for {len(calls)} "
+            f"calls, {len(crm.uploaded)} calls in the history")
+
+
+async def _report(crm: CrmSimulator, every_seconds: float = 2.0) -> None:
+    last = ""
+    while True:
+        await trio.sleep(every_seconds)
+        line = reached(crm)
+        if line != last and (crm.events or crm.uploaded):
+            print(line, flush=True)
+            last = line
 
 
 async def _generate(uis: UisSimulator, webhook: str, calls_per_minute: float) -> None:
@@ -90,9 +113,9 @@ async def _generate(uis: UisSimulator, webhook: str, calls_per_minute: float) ->
             await trio.sleep(rng.expovariate(calls_per_minute / 60.0))
 
 
-async def _play(uis: UisSimulator, scenario: object, webhook: str, client: httpx.AsyncClient,
+async def _play(uis: UisSimulator, scenario: Scenario, webhook: str, client: httpx.AsyncClient,
                 gap: float) -> None:
     try:
-        await uis.play(scenario, webhook, client, gap_seconds=gap)  # type: ignore[arg-type]
+        await uis.play(scenario, webhook, client, gap_seconds=gap)
     except httpx.HTTPError as exc:
         log.warning("demo call %s: %r", getattr(scenario, "session_id", "?"), exc)

@@ -1,8 +1,9 @@
 """A small HTTP/1.1 load generator for the benchmark: keep-alive connections, one process each.
 
-It runs as its own process (``python -m tracker.loadgen``) so that the server under test and the
-load do not share an interpreter; a single-threaded ``selectors`` loop drives many connections,
-each sending realistic call flows (4–6 notifications per call, in order) and timing every answer.
+It runs as its own process (``python -m tracker.devtools.loadgen``) so that the server under
+test and the load do not share an interpreter; a single-threaded ``selectors`` loop drives many
+connections, each sending realistic call flows (4–6 notifications per call, in order) and timing
+every answer.
 It prints one JSON line: requests, errors, latency percentiles, and its own CPU seconds.
 """
 
@@ -133,7 +134,7 @@ def run(url: str, connections: int, duration: float, first_session: int,
     elapsed = duration - max(0.0, deadline - time.perf_counter())
     cpu_after = resource.getrusage(resource.RUSAGE_SELF)
     for key in list(selector.get_map().values()):
-        key.fileobj.close()  # type: ignore[union-attr]
+        key.data.sock.close()  # each key's data is its connection
     latencies.sort()
 
     def pct(q: float) -> float:

@@ -197,7 +197,7 @@ async def _start(ctx: Context, click: Click, external_id: str) -> tuple[Reply, i
             priority_var.reset(token)
     if scope.cancelled_caught:
         return _timed_out(deadline), None
-    data = result.get("data") if isinstance(result.get("data"), dict) else {}
+    data = given if isinstance(given := result.get("data"), dict) else {}
     session_id = data.get("call_session_id")
     session_id = session_id if isinstance(session_id, int) else None
     log.info("click: employee %s calls %s (session %s, %s)", click.employee.uis_id,

@@ -2,7 +2,8 @@
 
 retailCRM calls ``makeCallUrl`` and ``changeUserStatusUrl`` with query or form parameters (which
 one is unconfirmed, so both are read; the form wins). ``clientId`` is the only proof that a
-request comes from our account: it is compared in constant time, and masked in the request log.
+request comes from our account: it is compared in constant time, and masked in the request log
+(by ``requestlog.mask``, the one masker of the request log).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from quart import Response, request
 
 from tracker.config import Employee, Settings
 from tracker.context import Context
+from tracker.core import bodies
+from tracker.db import requestlog
 from tracker.db.store import Store
-
-MASK = "***"
+from tracker.errors import BodyError
 
 
 @dataclass(frozen=True)
@@ -50,13 +52,11 @@ async def read_params() -> dict[str, str]:
     params = {k: v for k, v in request.args.items()}
     if request.method == "POST":
         if request.mimetype == "application/json":
+            raw = await request.get_data(cache=True, as_text=False, parse_form_data=False)
             try:
-                data = json.loads(await request.get_data(cache=True) or b"{}")
-                json.dumps(data, ensure_ascii=False).encode("utf-8")  # no lone surrogates
-            except (ValueError, UnicodeError, RecursionError):
-                data = None
-            if not isinstance(data, dict):
-                raise Refused(Reply.error(400, "invalid_body", "the body is not a JSON object"))
+                data = bodies.decode_object(raw) if raw.strip() else {}
+            except BodyError as exc:
+                raise Refused(Reply.error(400, "invalid_body", str(exc))) from None
             params.update({k: "" if v is None else str(v) for k, v in data.items()
                            if not isinstance(v, dict | list)})
         else:
@@ -69,11 +69,6 @@ def client_id_ok(settings: Settings, given: str | None) -> bool:
     if not given:
         return False
     return hmac.compare_digest(given.encode(), settings.crm.client_id.reveal().encode())
-
-
-def masked(params: Mapping[str, str]) -> dict[str, str]:
-    """``params`` fit for the request log: ``clientId`` (and any ``apiKey``) hidden."""
-    return {k: (MASK if k in ("clientId", "apiKey") and v else v) for k, v in params.items()}
 
 
 def find_employee(store: Store, code: str | None, user_id: str | None) -> Employee | None:
@@ -111,7 +106,8 @@ def respond(ctx: Context, route: str, params: Mapping[str, str], reply: Reply,
             started: float) -> Response:
     """Log the request (clientId masked) and turn ``reply`` into the HTTP answer."""
     ctx.store.log_request(source="crm", method=f"{request.method} {route}",
-                          params=masked(params), outcome=reply.outcome, status=reply.status,
+                          params=requestlog.mask(dict(params)), outcome=reply.outcome,
+                          status=reply.status,
                           duration_ms=round((time.perf_counter() - started) * 1000, 3))
     return Response(json.dumps(reply.body, ensure_ascii=False), status=reply.status,
                     content_type="application/json; charset=utf-8")

@@ -26,7 +26,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl
 
 import trio
 from quart import Response, request
@@ -35,9 +34,11 @@ from werkzeug.exceptions import NotFound
 
 from tracker.config import Employee, RoutingSettings, StatusSyncSettings
 from tracker.context import Context
+from tracker.core import bodies
+from tracker.core.notifications import WEBHOOK_PREFIX
 from tracker.core.phones import to_e164
 from tracker.db.store import Store
-from tracker.errors import DeliveryError, TrackerError
+from tracker.errors import BodyError, DeliveryError, TrackerError
 from tracker.features import status_sync
 from tracker.intake import ingest
 from tracker.logs import call_id_var
@@ -280,19 +281,16 @@ async def _request_fields() -> tuple[dict[str, Any], str | None]:
     fields: dict[str, Any] = dict(request.args.items())
     if request.method != "POST":
         return fields, None
-    raw = await request.get_data(cache=False)
+    raw = await request.get_data(cache=False, as_text=False, parse_form_data=False)
     if not raw.strip():
         return fields, None
     try:
-        text = raw.decode("utf-8")
         if request.mimetype == "application/x-www-form-urlencoded":
-            body: Any = dict(parse_qsl(text, keep_blank_values=True))
+            body: dict[str, Any] = dict(bodies.decode_form(raw))
         else:
-            body = json.loads(text)
-    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError included
+            body = bodies.decode_object(raw)
+    except BodyError as exc:
         return fields, f"unreadable body: {exc}"
-    if not isinstance(body, dict):
-        return fields, "the body is not a JSON object"
     fields.update(body)
     return fields, None
 
@@ -302,7 +300,7 @@ def register(app: QuartTrio, ctx: Context) -> None:
     router = Router(ctx)
     secret = ctx.settings.uis.webhook_secret.reveal().encode()
 
-    @app.route("/webhooks/uis/<given>/route", methods=["GET", "POST"])
+    @app.route(f"{WEBHOOK_PREFIX}<given>/route", methods=["GET", "POST"])
     async def uis_route(given: str) -> Response:
         if not hmac.compare_digest(given.encode(), secret):
             raise NotFound()  # the same answer as any unknown path: nothing stored, nothing asked

@@ -5,7 +5,7 @@ records what the tracker sends; ``open_server``/``RestartableServer`` serve eith
 """
 
 from tracker.simulators.crm import CrmRequest, CrmSimulator
-from tracker.simulators.scenarios import Leg, Notification, Scenario, render_notification
+from tracker.simulators.scenarios import Leg, Scenario, Sent, render_notification
 from tracker.simulators.server import Changes, RestartableServer, open_server
 from tracker.simulators.uis import Delivery, UisSimulator
 
@@ -15,7 +15,7 @@ __all__ = [
     "CrmSimulator",
     "Delivery",
     "Leg",
-    "Notification",
+    "Sent",
     "RestartableServer",
     "Scenario",
     "UisSimulator",

@@ -191,7 +191,7 @@ class CrmSimulator:
             scope["arrived_at"] = time.perf_counter()
             await routes(scope, receive, send)
 
-        app.asgi_app = stamped  # type: ignore[method-assign,assignment]
+        app.asgi_app = stamped  # type: ignore[method-assign]  # quart's way to add middleware
         return app
 
     async def _dispatch(self, path: str) -> Response:
@@ -406,7 +406,7 @@ class CrmSimulator:
             raise _invalid({"phone": "Parameter 'phone' is missing"})
         manager = self.managers.get("+" + digits)
         if manager is not None and query.get("ignoreStatus") not in ("1", "true") \
-                and self.user_statuses.get(manager.get("id"), "free") != "free":
+                and self.user_statuses.get(int(manager.get("id") or 0), "free") != "free":
             manager = None  # retailCRM names a manager who is not free only with ignoreStatus=1
         return 200, {"success": True} if manager is None else {"success": True, "manager": manager}
 
@@ -417,7 +417,7 @@ def _call_problems(item: Any, sites: set[str] | None) -> dict[str, str]:
         return {"": "Expected an object"}
     problems = {}
     try:
-        datetime.strptime(item.get("date"), "%Y-%m-%d %H:%M:%S")  # type: ignore[arg-type]
+        datetime.strptime(str(item.get("date")), "%Y-%m-%d %H:%M:%S")  # None: "None"
     except (TypeError, ValueError):
         problems["date"] = "Expected Y-m-d H:i:s"
     if item.get("type") not in ("in", "out"):

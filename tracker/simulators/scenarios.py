@@ -31,7 +31,7 @@ DEFAULT_VIRTUAL = "74950000000"
 
 
 @dataclass(frozen=True)
-class Notification:
+class Sent:
     """One webhook UIS sends: the event name and the value of every variable its template lists."""
 
     event: str
@@ -62,7 +62,7 @@ class Scenario:
     direction: str
     contact_phone_number: str
     virtual_phone_number: str
-    notifications: list[Notification]
+    notifications: list[Sent]
     report: dict[str, Any]
     legs: list[Leg] = field(default_factory=list)
 
@@ -97,12 +97,12 @@ def record_link(media_url: str, session_id: int, record: str) -> str:
     return f"{media_url.rstrip('/')}/{session_id}/{record}/"
 
 
-def render_notification(notification: Notification) -> bytes:
+def render_notification(notification: Sent) -> bytes:
     """The POST body UIS sends: the event's template with every variable substituted."""
     return render(template_body(notification.event), notification.values).encode()
 
 
-def query_values(notification: Notification) -> dict[str, str]:
+def query_values(notification: Sent) -> dict[str, str]:
     """The GET parameters of a notification: arrays and booleans as JSON, None left out."""
     out = {"event": notification.event}
     for name, value in notification.values.items():
@@ -122,7 +122,7 @@ class _Call:
         self.contact = contact
         self.virtual = virtual
         self.external_id = external_id
-        self.notifications: list[Notification] = []
+        self.notifications: list[Sent] = []
 
     def at(self, seconds: float) -> datetime:
         return self.start + timedelta(seconds=seconds)
@@ -145,7 +145,7 @@ class _Call:
         if unknown:
             raise ValueError(f"{event} has no variables {sorted(unknown)}")
         merged = {name: values.get(name, common.get(name)) for name in names}
-        self.notifications.append(Notification(event, merged))
+        self.notifications.append(Sent(event, merged))
 
     def scenario(self, name: str, *, wait: int, talk: int, total: int, legs: list[Leg],
                  rang: Sequence[Employee], last_talked: int | None) -> Scenario:

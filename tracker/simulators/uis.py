@@ -41,8 +41,8 @@ from tracker.simulators.jsonrpc import RpcError, bad_param, field_names, select
 from tracker.simulators.scenarios import (
     DEFAULT_MEDIA_URL,
     Leg,
-    Notification,
     Scenario,
+    Sent,
     outbound,
     query_values,
     render_notification,
@@ -164,7 +164,7 @@ class UisSimulator:
 
     # -- notifications ---------------------------------------------------------------------
 
-    async def send_notification(self, notification: Notification, webhook_url: str,
+    async def send_notification(self, notification: Sent, webhook_url: str,
                                 client: httpx.AsyncClient, *, method: str = "POST"
                                 ) -> httpx.Response:
         """Send one notification as UIS does (POST JSON body, or GET query parameters)."""

@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from tracker.config import dial_string
-from tracker.core import querylang
+from tracker.core import bodies, querylang
 from tracker.core.querylang import Column, Table, json_column, problem
 from tracker.db import keys, querysql, requestlog
-from tracker.errors import ApiError
+from tracker.errors import ApiError, BodyError
 
 if TYPE_CHECKING:
     from quart_trio import QuartTrio
@@ -54,7 +54,7 @@ CALLS = Table("calls", (
     json_column("cards_open"),
 ), default_sort=(("updated_at", "desc"),))
 
-EVENTS = Table("events", (
+CALL_EVENTS = Table("events", (
     Column("id", "int"), Column("received_at", "float"), Column("call_id", "int"),
     Column("event", "str"), Column("outcome", "str"), Column("duplicates", "int"),
     Column("state_before", "str"), Column("state_after", "str"), Column("error", "str"),
@@ -221,7 +221,7 @@ _GET = querylang.QUERY_PARAMS
 
 METHODS: dict[str, Method] = {
     "get.calls": Method("calls:read", _GET, _getter(CALLS)),
-    "get.call_events": Method("calls:read", _GET, _getter(EVENTS)),
+    "get.call_events": Method("calls:read", _GET, _getter(CALL_EVENTS)),
     "get.outbox": Method("calls:read", _GET, _getter(OUTBOX)),
     "retry.outbox": Method("outbox:write", frozenset({"ids"}), _retry_outbox),
     "get.employees": Method("calls:read", _GET, _getter(EMPLOYEES)),
@@ -287,36 +287,10 @@ def handle(ctx: Context, raw: bytes, *, bearer: str | None = None,
 
 
 def _decode(raw: bytes) -> Any:
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        result: dict[str, Any] = {}
-        for name, value in items:
-            if name in result:
-                raise ApiError(PARSE_ERROR, "parse_error",
-                               f"the key {querylang.short(name)!r} appears twice in one object")
-            result[name] = value
-        return result
-
-    def constant(name: str) -> Any:
-        raise ApiError(PARSE_ERROR, "parse_error", f"{name} is not valid JSON")
-
     try:
-        data = json.loads(raw.decode("utf-8"), object_pairs_hook=pairs, parse_constant=constant)
-    except UnicodeDecodeError:
-        raise ApiError(PARSE_ERROR, "parse_error", "the body is not UTF-8") from None
-    except json.JSONDecodeError as exc:
-        raise ApiError(PARSE_ERROR, "parse_error", f"the body is not JSON: {exc.msg} at line "
-                       f"{exc.lineno} column {exc.colno}") from None
-    except RecursionError:
-        raise ApiError(PARSE_ERROR, "parse_error", "the body is nested too deeply") from None
-    except ValueError as exc:  # CPython refuses integers of over 4300 digits
-        raise ApiError(PARSE_ERROR, "parse_error", f"the body is not usable JSON: "
-                       f"{str(exc)[:100]}") from None
-    try:  # "\ud800" is valid JSON but no text: it could not be logged or stored
-        json.dumps(data, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise ApiError(PARSE_ERROR, "parse_error", "the body holds a lone surrogate escape"
-                       ) from None
-    return data
+        return bodies.decode_json(raw)
+    except BodyError as exc:  # a parse error names no field (JSON-RPC): the message names the key
+        raise ApiError(PARSE_ERROR, "parse_error", str(exc)) from None
 
 
 def _valid_id(value: Any) -> bool:

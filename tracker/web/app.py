@@ -3,7 +3,6 @@ first (webhook.py). Status codes live in these modules."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
@@ -17,7 +16,8 @@ from tracker.clients import throttle
 from tracker.context import Context
 from tracker.db import keys
 from tracker.features import clicktocall, routing, status_sync
-from tracker.web import api, guard, page, webhook
+from tracker.web import api, guard, page, responses, webhook
+from tracker.web.responses import error_response, json_response
 
 log = logging.getLogger(__name__)
 
@@ -29,28 +29,14 @@ _LOGO = (
 )
 
 
-def _json(data: dict[str, Any], status: int = 200) -> Response:
-    return Response(json.dumps(data, ensure_ascii=False), status=status,
-                    content_type="application/json; charset=utf-8")
-
-
-def _error(status: int, error: str, message: str, field: str | None = None) -> Response:
-    body: dict[str, Any] = {"error": error, "message": message}
-    if field is not None:
-        body["field"] = field
-    return _json(body, status)
-
-
 def create_app(ctx: Context) -> QuartTrio:
     """The web application of one daemon; everything it needs comes from ``ctx``."""
     app = QuartTrio(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = ctx.settings.server.max_body_bytes
-    app.config["BODY_TIMEOUT"] = 30
-    app.config["RESPONSE_TIMEOUT"] = 30
     # UIS notifications are answered in front of quart (webhook.py); the guard's size and time
     # limits wrap both, and its sender allow-list covers the other /webhooks/uis/ routes.
-    app.asgi_app = webhook.with_notifications(ctx, app.asgi_app)
+    guard.wrap_asgi(app, lambda inner: webhook.with_notifications(ctx, inner))
     guard.register(app, ctx)
+    guard.wrap_asgi(app, lambda inner: responses.close_when_draining(inner, ctx.lifecycle))
 
     @app.errorhandler(Exception)
     async def internal_error(exc: Exception) -> Response:
@@ -58,7 +44,8 @@ def create_app(ctx: Context) -> QuartTrio:
             return await http_error(exc)
         # logged without the request path: the notification URL holds the webhook secret
         log.error("internal error answering %s: %r", request.method, exc, exc_info=exc)
-        return _error(500, "internal_error", "tracker failed to handle this request; see its log")
+        return error_response(500, "internal_error",
+                              "tracker failed to handle this request; see its log")
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
@@ -67,14 +54,7 @@ def create_app(ctx: Context) -> QuartTrio:
         message = exc.description or exc.name
         if code == 413:
             message = f"body over {ctx.settings.server.max_body_bytes} bytes"
-        return _error(code, names.get(code, exc.name.lower().replace(" ", "_")), message)
-
-    @app.after_request
-    async def close_when_draining(response: Response) -> Response:
-        if ctx.lifecycle.draining:
-            # hypercorn waits for kept-alive connections on shutdown; tell clients to go now.
-            response.headers["Connection"] = "close"
-        return response
+        return error_response(code, names.get(code, exc.name.lower().replace(" ", "_")), message)
 
     routing.register(app, ctx)
     clicktocall.register(app, ctx)
@@ -130,7 +110,7 @@ def create_app(ctx: Context) -> QuartTrio:
             "rate_limits": throttle.describe(ctx.crm.gate, ctx.uis.gate),
             "database": _database_health(ctx),
         }
-        return _json(body, 503 if problems else 200)
+        return json_response(body, 503 if problems else 200)
 
     page.register(app, ctx)  # GET /, /calls/<id>, /live, /login, retry of dead letters
     return app

@@ -18,10 +18,9 @@ POST in ten whose route does not read the body, such as a 404 for a wrong secret
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import trio
@@ -29,11 +28,12 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from tracker.context import Context
+from tracker.core.notifications import WEBHOOK_PREFIX
+from tracker.web import responses
 
 log = logging.getLogger(__name__)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-NOTIFICATION_PREFIX = "/webhooks/uis/"
 
 
 def networks(texts: Iterable[str]) -> tuple[Network, ...]:
@@ -86,12 +86,13 @@ def allowed(peer: str | None, forwarded_for: Sequence[str], allow: Sequence[Netw
 def register(app: QuartTrio, ctx: Context) -> None:
     """Install the size and time limits and the sender allow-list on ``app``."""
     server = ctx.settings.server
+    # quart's own limits, set here only: they back the middleware up (a route that reads the
+    # request again, the sending of an answer).
     app.config["MAX_CONTENT_LENGTH"] = server.max_body_bytes
     app.config["BODY_TIMEOUT"] = server.request_timeout_seconds
     app.config["RESPONSE_TIMEOUT"] = server.request_timeout_seconds
-    app.asgi_app = with_limits(
-        app.asgi_app, max_body_bytes=server.max_body_bytes,
-        timeout_seconds=server.request_timeout_seconds)
+    wrap_asgi(app, lambda inner: with_limits(inner, max_body_bytes=server.max_body_bytes,
+                                             timeout_seconds=server.request_timeout_seconds))
     allow = networks(ctx.settings.uis.allowed_ips)
     trusted = networks(server.trusted_proxies)
     if not allow:
@@ -99,13 +100,17 @@ def register(app: QuartTrio, ctx: Context) -> None:
 
     @app.before_request
     async def check_sender() -> Response | None:
-        if not request.path.startswith(NOTIFICATION_PREFIX):
+        if not request.path.startswith(WEBHOOK_PREFIX):
             return None
         refusal = sender_refusal(request.scope, allow, trusted)
         if refusal is None:
             return None
-        return Response(json.dumps(refusal), status=403,
-                        content_type="application/json; charset=utf-8")
+        return responses.json_response(refusal, 403)
+
+
+def wrap_asgi(app: QuartTrio, middleware: Callable[[Any], Any]) -> None:
+    """Put an ASGI ``middleware`` in front of ``app`` (quart's documented way to add one)."""
+    app.asgi_app = middleware(app.asgi_app)  # type: ignore[method-assign]  # quart's own advice
 
 
 def sender_refusal(scope: Any, allow: Sequence[Network],
@@ -121,7 +126,7 @@ def sender_refusal(scope: Any, allow: Sequence[Network],
     # Never log the path: it holds the webhook secret.
     log.warning("refused a UIS notification from %s (not in uis.allowed_ips)",
                 sender(peer, chain, trusted) or peer)
-    return {"error": "forbidden", "message": "this sender is not in uis.allowed_ips"}
+    return responses.problem("forbidden", "this sender is not in uis.allowed_ips")
 
 
 def with_limits(asgi_app: Any, *, max_body_bytes: int, timeout_seconds: float) -> Any:
@@ -202,9 +207,5 @@ def _content_length(scope: dict[str, Any]) -> int | None:
 
 
 async def _refuse(send: Any, status: int, error: str, message: str) -> None:
-    body = json.dumps({"error": error, "message": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json; charset=utf-8"),
-                            (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})
+    await responses.send_json(send, status, responses.problem(error, message),
+                              [(b"connection", b"close")])

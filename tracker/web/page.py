@@ -30,6 +30,7 @@ from tracker.context import Context
 from tracker.core import statecharts
 from tracker.db import keys, pagedata
 from tracker.delivery.dispatcher import OutboxStatistics
+from tracker.web.responses import error_response, json_response
 
 log = logging.getLogger(__name__)
 
@@ -172,16 +173,16 @@ def register(app: QuartTrio, ctx: Context) -> None:
                       or request.accept_mimetypes.best == "application/json")
         viewer = current_viewer()
         if viewer is None:
-            return _json_error(401, "unauthorized", "log in with a key") if wants_json \
+            return error_response(401, "unauthorized", "log in with a key") if wants_json \
                 else _login_redirect()
         data = await call_data(viewer, call_id)
         if data is None:
             if wants_json:
-                return _json_error(404, "not_found", f"no call {call_id}")
+                return error_response(404, "not_found", f"no call {call_id}")
             return _html(env.get_template("missing.html").render(call_id=call_id,
                                                                  viewer=viewer), 404)
         if wants_json:
-            return _json({"call": data["call"], "events": data["events"],
+            return json_response({"call": data["call"], "events": data["events"],
                           "outbox": data["outbox"]})
         return _html(env.get_template("call.html").render(data))
 
@@ -189,7 +190,7 @@ def register(app: QuartTrio, ctx: Context) -> None:
     async def live_stream() -> Response:
         viewer = current_viewer()
         if viewer is None:
-            return _json_error(401, "unauthorized", "log in with a key")
+            return error_response(401, "unauthorized", "log in with a key")
         call_id = request.args.get("call", type=int)
         render: Callable[[], Awaitable[dict[str, str]]]
         if call_id is not None:
@@ -210,11 +211,11 @@ def register(app: QuartTrio, ctx: Context) -> None:
         started = time.perf_counter()
         viewer = current_viewer()
         if viewer is None:
-            return _json_error(401, "unauthorized", "log in with a key")
+            return error_response(401, "unauthorized", "log in with a key")
         if not viewer.can_retry:
-            return _json_error(403, "forbidden", "this key lacks outbox:write")
+            return error_response(403, "forbidden", "this key lacks outbox:write")
         if request.headers.get(ACTION_HEADER) != "tracker" or not _same_origin():
-            return _json_error(403, "cross_site", f"send the {ACTION_HEADER} header from the "
+            return error_response(403, "cross_site", f"send the {ACTION_HEADER} header from the "
                                "status page")
         with ctx.store.transaction():
             done = ctx.store.retry_dead([row_id], time.time()).requeued
@@ -223,11 +224,11 @@ def register(app: QuartTrio, ctx: Context) -> None:
                 outcome="ok" if done else "not_dead", status=200 if done else 409,
                 key_name=viewer.name, duration_ms=(time.perf_counter() - started) * 1000)
         if not done:
-            return _json_error(409, "not_dead", f"outbox row {row_id} is not a dead letter")
+            return error_response(409, "not_dead", f"outbox row {row_id} is not a dead letter")
         log.info("outbox #%d re-queued from the status page by %s", row_id, viewer.name)
         ctx.outbox.wake()
         ctx.live.poke()
-        return _json({"status": "pending", "id": row_id})
+        return json_response({"status": "pending", "id": row_id})
 
     @app.route("/login", methods=["GET"])
     async def login_form() -> Response:
@@ -259,7 +260,7 @@ def register(app: QuartTrio, ctx: Context) -> None:
     @app.route("/static/<name>")
     async def static_file(name: str) -> Response:
         if name not in static:
-            return _json_error(404, "not_found", "no such file")
+            return error_response(404, "not_found", "no such file")
         response = Response(static[name], content_type=_STATIC[name])
         response.headers["Cache-Control"] = "no-cache"
         return response
@@ -326,15 +327,6 @@ def _html(text: str, status: int = 200) -> Response:
     response.headers["Referrer-Policy"] = "same-origin"
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
-
-
-def _json(body: dict[str, Any], status: int = 200) -> Response:
-    return Response(json.dumps(body, ensure_ascii=False), status=status,
-                    content_type="application/json; charset=utf-8")
-
-
-def _json_error(status: int, error: str, message: str) -> Response:
-    return _json({"error": error, "message": message}, status)
 
 
 def _redirect(location: str) -> Response:
