@@ -30,7 +30,7 @@ Restart=on-failure
 RestartSec=2
 # 2 = bad configuration, 3 = bad database or statechart: restarting cannot help
 RestartPreventExitStatus=2 3
-# sandbox (`systemd-analyze security tracker` scores it about 1.0): tracker needs its state
+# sandbox (`systemd-analyze security tracker` scores it about 1.1): tracker needs its state
 # directory, the network (UIS and retailCRM, so no IP allow list) and nothing else
 Environment=PYTHONDONTWRITEBYTECODE=1
 NoNewPrivileges=yes
