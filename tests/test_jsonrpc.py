@@ -282,3 +282,29 @@ async def test_a_json_rpc_client_library_talks_to_the_daemon(tmp_path):
             assert (refused.code, refused.data["mnemonic"]) == (-32602, "invalid_parameter_value")
             await d.settle()
             assert d.ctx.store.outbox_for(SESSION + 1)[0]["status"] == "delivered"
+
+
+async def test_a_batch_lets_the_webhook_run_between_its_calls(tmp_path):
+    """Each call runs on the event loop: a batch of 100 must yield between its calls, or it
+    would hold up pop-ups for the time of all 100."""
+    with trio.fail_after(30):
+        async with open_system(tmp_path) as d, trio.open_nursery() as nursery:
+            token = new_key(d, "root", "admin")
+            ticks = 0
+
+            async def ticker() -> None:
+                nonlocal ticks
+                while True:
+                    ticks += 1
+                    await trio.lowlevel.checkpoint()
+
+            nursery.start_soon(ticker)
+            await trio.lowlevel.checkpoint()
+            batch = json.dumps([{"jsonrpc": "2.0", "id": n, "method": "get.calls",
+                                 "params": {"access_token": token}}
+                                for n in range(api.MAX_BATCH)]).encode()
+            before = ticks
+            answer = await api.handle(d.ctx, batch)
+            assert isinstance(answer, list) and len(answer) == api.MAX_BATCH
+            assert ticks - before >= api.MAX_BATCH - 1
+            nursery.cancel_scope.cancel()

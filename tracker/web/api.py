@@ -2,7 +2,8 @@
 
 ``handle`` takes the raw body and answers a JSON-RPC response object, an array of them for a
 batch, or nothing for notifications; it does the SQLite work synchronously (each method is a few
-indexed queries, a batch at most ``MAX_BATCH`` calls) and writes one request-log row per call.
+indexed queries, a batch at most ``MAX_BATCH`` calls, with a checkpoint between them: that is
+why it is async) and writes one request-log row per call.
 Errors are ``ApiError``: ``code`` is the group, ``data.mnemonic`` the reason, ``data.field`` the
 dot path of the culprit. docs/api.md is the reference, with every mnemonic in one table.
 """
@@ -16,6 +17,8 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
+
+import trio
 
 from tracker.config import dial_string
 from tracker.core import querylang
@@ -261,11 +264,12 @@ class _Call:
     duration_ms: float = 0.0
 
 
-def handle(ctx: Context, raw: bytes, *, bearer: str | None = None,
-           remote_addr: str | None = None) -> dict[str, Any] | list[dict[str, Any]] | None:
+async def handle(ctx: Context, raw: bytes, *, bearer: str | None = None,
+                 remote_addr: str | None = None) -> dict[str, Any] | list[dict[str, Any]] | None:
     """Answer one request body as JSON-RPC 2.0 does: a response object for a request, an array
     of them for a batch, None when nothing is to be answered (notifications only); log each
-    call."""
+    call. Between the calls of a batch it lets other tasks run (a batch must not hold up the
+    webhook for the time of all its calls)."""
     calls: list[_Call] = []
     answer: dict[str, Any] | list[dict[str, Any]] | None
     try:
@@ -275,7 +279,11 @@ def handle(ctx: Context, raw: bytes, *, bearer: str | None = None,
         answer = _error_answer(None, exc)
     else:
         if isinstance(body, list) and 0 < len(body) <= MAX_BATCH:
-            answers = [_answer(ctx, item, calls, bearer, remote_addr) for item in body]
+            answers = []
+            for index, item in enumerate(body):
+                if index:
+                    await trio.lowlevel.checkpoint()
+                answers.append(_answer(ctx, item, calls, bearer, remote_addr))
             answer = [a for a in answers if a is not None] or None
         elif isinstance(body, list):
             refusal = (ApiError(INVALID_REQUEST, "invalid_request", "an empty batch")
@@ -469,7 +477,7 @@ def register(app: QuartTrio, ctx: Context) -> None:
     async def admin_api() -> Any:
         raw = await request.get_data(cache=False)
         raw = raw.encode() if isinstance(raw, str) else raw
-        answer = handle(ctx, raw, bearer=keys.bearer(request.headers.get("Authorization")),
+        answer = await handle(ctx, raw, bearer=keys.bearer(request.headers.get("Authorization")),
                         remote_addr=request.remote_addr)
         if answer is None:  # notifications only: JSON-RPC answers nothing
             return Response("", status=204, headers={"Cache-Control": "no-store"})
