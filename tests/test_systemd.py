@@ -110,7 +110,8 @@ WRAPPER = """
 import ctypes, os, sys
 libc = ctypes.CDLL(None, use_errno=True)
 if libc.prctl(65, 1, 0, 0, 0) != 0 or libc.prctl(38, 1, 0, 0, 0) != 0:
-    sys.exit("prctl failed: errno %d" % ctypes.get_errno())
+    sys.exit("prctl failed: errno %d (PR_SET_MDWE needs Linux 6.3 or later)"
+             % ctypes.get_errno())
 os.umask(0o077)
 with open(sys.argv[1], "w") as f:
     f.write(str(os.getpid()))
