@@ -24,7 +24,20 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
 
-test: $(STAMP) $(CHROMIUM)
+# tests/test_systemd.py checks the systemd unit with systemd-analyze (Debian's systemd package,
+# nothing is started) and traces the daemon's system calls with strace.
+SYSTEMD_ANALYZE ?= /usr/bin/systemd-analyze
+STRACE ?= /usr/bin/strace
+
+$(SYSTEMD_ANALYZE):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends systemd
+
+$(STRACE):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends strace
+
+test: $(STAMP) $(CHROMIUM) $(SYSTEMD_ANALYZE) $(STRACE)
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(PY) -m pytest --cov --cov-report=term

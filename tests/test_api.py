@@ -379,10 +379,9 @@ async def test_each_error_mnemonic_is_answered_as_documented(tmp_path):
                 ({**REQUEST, "method": 5}, "invalid_request", "method"),
                 ({**REQUEST, "extra": 1}, "invalid_request", "extra"),
                 ("a string", "invalid_request", None),
-                ([REQUEST, REQUEST], "batch_not_supported", None),
-                ({k: v for k, v in REQUEST.items() if k != "id"}, "notification_not_supported",
-                 "id"),
-                ({**REQUEST, "id": None}, "notification_not_supported", "id"),
+                ({**REQUEST, "params": "bar"}, "invalid_request", "params"),
+                ([], "invalid_request", None),
+                ([REQUEST] * (api.MAX_BATCH + 1), "batch_too_large", None),
                 (req("get.passwords"), "method_not_found", "method"),
                 (req(token=None), "access_token_invalid", "access_token"),
                 (req(token="trk_" + "x" * 43), "access_token_invalid", "access_token"),
@@ -423,6 +422,9 @@ async def test_each_error_mnemonic_is_answered_as_documented(tmp_path):
             assert (await post(d, {**req(), "id": "abc"}))["id"] == "abc"
             assert (await post(d, {**req(limit=0), "id": 77}))["id"] == 77
             assert (await post(d, {**req(), "jsonrpc": "1.0", "id": 9}))["id"] == 9
+            # a null id is a request like any other (answered with id null); no id at all is a
+            # notification, and a batch is answered as an array (tests/test_jsonrpc.py)
+            assert (await post(d, {**req(), "id": None}))["result"]["data"] is not None
 
 
 def test_every_mnemonic_in_the_code_is_in_the_one_table_with_its_code() -> None:

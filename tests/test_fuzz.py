@@ -350,6 +350,11 @@ envelopes = st.fixed_dictionaries({}, optional={
 
 @FUZZ
 @given(envelope=envelopes | json_values, authorised=st.booleans())
+@example(envelope=[None, float("inf")], authorised=False)  # one parse error, not two calls
+@example(envelope={"jsonrpc": "2.0", "method": "get.calls"}, authorised=True)  # notification
+@example(envelope=[{"jsonrpc": "2.0", "method": "retry.outbox", "params": {"ids": [1]}},
+                   {"jsonrpc": "2.0", "method": "get.calls", "id": 1, "params": {"x": 1}}, 5],
+         authorised=False)
 def test_admin_api_answers_garbage_with_errors_not_failures(running, client, db, envelope,
                                                             authorised):
     headers = {"content-type": "application/json"}
@@ -358,14 +363,25 @@ def test_admin_api_answers_garbage_with_errors_not_failures(running, client, db,
     before = snapshot(db)
     response = client.post(f"{running.url}/api/v1", content=encode(envelope), headers=headers)
     assert response.status_code < 500, (response.status_code, response.text)
-    answer = response.json()
-    assert ("error" in answer) != ("result" in answer)
-    if "error" in answer:
-        assert answer["error"]["code"] != -32603, answer  # an internal error is a failure
-        check_refusal(before, snapshot(db), audit_rows=1,
+    # a batch is answered as an array, notifications not at all (204): one log row per call
+    answer = None if response.status_code == 204 else response.json()
+    answers = answer if isinstance(answer, list) else [] if answer is None else [answer]
+    unparsed = isinstance(answer, dict) and answer.get("error", {}).get("code") == -32700
+    calls = (len(envelope) if isinstance(envelope, list) and 0 < len(envelope) <= 100
+             and not unparsed else 1)  # e.g. [null, Infinity] is one parse error
+    assert len(answers) <= calls
+    for answer in answers:
+        assert ("error" in answer) != ("result" in answer)
+        if "error" in answer:
+            assert answer["error"]["code"] != -32603, answer  # an internal error is a failure
+    outcomes = [r[0] for r in db.execute(
+        "SELECT outcome FROM api_requests ORDER BY id DESC LIMIT ?", (calls,))]
+    assert "internal_error" not in outcomes
+    if "ok" not in outcomes:
+        check_refusal(before, snapshot(db), audit_rows=calls,
                       may_change=("api_keys",) if authorised else ())
     elif not authorised:
-        pytest.fail(f"an anonymous request was answered: {answer}")
+        pytest.fail(f"an anonymous request was answered: {answers}")
 
 
 @FUZZ
@@ -379,8 +395,10 @@ def test_admin_api_survives_raw_bytes(running, client, db, body):
     response = client.post(f"{running.url}/api/v1", content=body,
                            headers={"Authorization": f"Bearer {running.admin_key}"})
     assert response.status_code < 500
-    assert "error" in response.json()
-    check_refusal(before, snapshot(db), audit_rows=1, may_change=("api_keys",))
+    answer = response.json()
+    assert all("error" in a for a in (answer if isinstance(answer, list) else [answer]))
+    calls = len(answer) if isinstance(answer, list) else 1  # b"[1, 2]": one refusal each
+    check_refusal(before, snapshot(db), audit_rows=calls, may_change=("api_keys",))
 
 
 # -- every route -------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import configparser
 import hashlib
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -221,10 +220,4 @@ def test_systemd_unit_runs_serve_with_this_python_and_the_config(
     assert service["KillSignal"] == "SIGTERM"
     assert unit["Install"]["WantedBy"] == "multi-user.target"
     assert cli.main(["systemd-unit", "--state-dir", "/tmp/x"]) == 2
-    if shutil.which("systemd-analyze"):
-        path = tmp_path / "tracker.service"
-        path.write_text(text, encoding="utf-8")
-        checked = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True,
-                                 text=True, timeout=30)
-        assert checked.returncode == 0, checked.stderr
-        assert "tracker.service" not in checked.stderr, checked.stderr
+    # systemd-analyze verify and security: tests/test_systemd.py

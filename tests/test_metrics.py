@@ -242,3 +242,45 @@ async def test_group_commits_checkpoints_and_the_integrity_verdict_are_measured(
             health = (await d.client.get(f"{d.url}/healthz")).json()["database"]
             assert health["integrity"] == "ok" and health["checkpoint_failures"] == 0
             assert health["notifications_committed"] == 30 and health["commits"] == commits
+
+
+# -- latency buckets -----------------------------------------------------------------------------
+
+# from 1 ms, so the 10 ms pop-up target shows on a dashboard; the tail above 10 s shows outages
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+async def test_every_latency_histogram_has_buckets_from_one_millisecond(tmp_path):
+    with trio.fail_after(30):
+        async with open_system(tmp_path) as d:
+            d.sims.crm.answer_delay_seconds = 0.004  # a pop-up of about 5 ms
+            await d.play(scenarios.lost_in_ivr(SESSION, start=start_time()))
+            await d.play(scenarios.answered(OTHER, start=start_time(), employee=ANNA))
+            response = await d.client.get(f"{d.url}/metrics")
+            families = {f.name: f for f in text_string_to_metric_families(response.text)}
+            latency = [f for name, f in families.items()
+                       if f.type == "histogram" and name.endswith("_seconds")]
+            assert [f.name for f in latency] == ["tracker_delivery_latency_seconds"]
+            for histogram in latency:
+                by_labels: dict[frozenset[tuple[str, str]], dict[str, float]] = {}
+                sums: dict[frozenset[tuple[str, str]], float] = {}
+                for sample in histogram.samples:
+                    rest = frozenset((k, v) for k, v in sample.labels.items() if k != "le")
+                    if sample.name.endswith("_bucket"):
+                        by_labels.setdefault(rest, {})[sample.labels["le"]] = sample.value
+                    elif sample.name.endswith("_sum"):
+                        sums[rest] = sample.value
+                assert by_labels, histogram.name
+                for series, buckets in by_labels.items():
+                    bounds = [float(le) for le in buckets if le != "+Inf"]
+                    assert bounds[:len(LATENCY_BUCKETS)] == list(LATENCY_BUCKETS), series
+                    assert all(b > 10 for b in bounds[len(LATENCY_BUCKETS):]), series
+                popup = by_labels[labels(action="popup")]
+                assert popup["+Inf"] == 1
+                seconds = sums[labels(action="popup")]
+                assert 0.004 <= seconds < 10
+                # the one pop-up sits in the smallest bucket that holds it, and that bucket is
+                # at most 2.5 times its latency: a 5 ms pop-up is in le=0.005 or le=0.01
+                first = min(float(le) for le, count in popup.items() if count == 1)
+                assert first == min(b for b in LATENCY_BUCKETS if b >= seconds)
+                assert first <= max(0.001, 2.5 * seconds), (seconds, popup)

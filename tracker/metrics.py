@@ -30,7 +30,9 @@ if TYPE_CHECKING:
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST  # of what ``render`` returns
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+# from 1 ms so the 10 ms pop-up target can be seen; the tail above 10 s shows retries and outages
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+                   30, 60, 120, 300, 600, 1800)
 OUTBOX_STATUSES = ("pending", "retrying", "dead")
 
 

@@ -1,7 +1,9 @@
 """The admin API: JSON-RPC 2.0 at ``POST /api/v1``, in the style of the UIS Data API.
 
-``handle`` takes the raw body and answers a JSON-RPC response object; it does the SQLite work
-synchronously (each method is a few indexed queries) and writes one request-log row per call.
+``handle`` takes the raw body and answers a JSON-RPC response object, an array of them for a
+batch, or nothing for notifications; it does the SQLite work synchronously (each method is a few
+indexed queries, a batch at most ``MAX_BATCH`` calls, with a checkpoint between them: that is
+why it is async) and writes one request-log row per call.
 Errors are ``ApiError``: ``code`` is the group, ``data.mnemonic`` the reason, ``data.field`` the
 dot path of the culprit. docs/api.md is the reference, with every mnemonic in one table.
 """
@@ -15,6 +17,8 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
+
+import trio
 
 from tracker.config import dial_string
 from tracker.core import bodies, querylang
@@ -40,7 +44,6 @@ INTERNAL_ERROR = -32603
 AUTH_ERROR = -32001
 FORBIDDEN = -32003
 INVALID_STATE = -32004
-NOT_SUPPORTED = -32099
 
 CALLS = Table("calls", (
     Column("id", "int"), Column("state", "str"), Column("direction", "str"),
@@ -234,26 +237,92 @@ METHODS: dict[str, Method] = {
 
 # -- the dispatcher ------------------------------------------------------------------------------
 
+MAX_BATCH = 100  # calls in one batch: a caller cannot make one POST do unbounded work
 
-def handle(ctx: Context, raw: bytes, *, bearer: str | None = None,
-           remote_addr: str | None = None) -> dict[str, Any]:
-    """Answer one request body with a JSON-RPC response object, and log it."""
-    started = time.perf_counter()
-    request_id: Any = None
-    method_name = ""
-    params: Any = {}
+
+@dataclass
+class _Call:
+    """What one call leaves for the request log and the metrics."""
+
+    method: str = ""
+    params: Any = None
     key: keys.KeyInfo | None = None
+    outcome: str = "ok"
+    duration_ms: float = 0.0
+
+
+async def handle(ctx: Context, raw: bytes, *, bearer: str | None = None,
+                 remote_addr: str | None = None) -> dict[str, Any] | list[dict[str, Any]] | None:
+    """Answer one request body as JSON-RPC 2.0 does: a response object for a request, an array
+    of them for a batch, None when nothing is to be answered (notifications only); log each
+    call. Between the calls of a batch it lets other tasks run (a batch must not hold up the
+    webhook for the time of all its calls)."""
+    calls: list[_Call] = []
+    answer: dict[str, Any] | list[dict[str, Any]] | None
     try:
         body = _decode(raw)
-        if isinstance(body, dict) and _valid_id(body.get("id")):
-            request_id = body["id"]  # echoed even when the rest of the request is refused
-        method_name, params = _envelope(body)
+    except ApiError as exc:
+        calls.append(_Call(outcome=exc.mnemonic))
+        answer = _error_answer(None, exc)
+    else:
+        if isinstance(body, list) and 0 < len(body) <= MAX_BATCH:
+            answers = []
+            for index, item in enumerate(body):
+                if index:
+                    await trio.lowlevel.checkpoint()
+                answers.append(_answer(ctx, item, calls, bearer, remote_addr))
+            answer = [a for a in answers if a is not None] or None
+        elif isinstance(body, list):
+            refusal = (ApiError(INVALID_REQUEST, "invalid_request", "an empty batch")
+                       if not body else
+                       ApiError(INVALID_REQUEST, "batch_too_large",
+                                f"a batch holds at most {MAX_BATCH} calls", value=len(body)))
+            calls.append(_Call(outcome=refusal.mnemonic))
+            answer = _error_answer(None, refusal)
+        else:
+            answer = _answer(ctx, body, calls, bearer, remote_addr)
+    _log_calls(ctx, calls, status=200 if answer is not None else 204)
+    return answer
+
+
+def _answer(ctx: Context, item: Any, calls: list[_Call], bearer: str | None,
+            remote_addr: str | None) -> dict[str, Any] | None:
+    """Run one call of a body; its response object, or None for a notification."""
+    started = time.perf_counter()
+    call = _Call(params={})
+    calls.append(call)
+    request_id: Any = None
+    if isinstance(item, dict) and _valid_id(item.get("id")):
+        request_id = item["id"]  # echoed even when the rest of the request is refused
+    # a valid request object without an id: run it, answer nothing (not even an error)
+    notification = isinstance(item, dict) and "id" not in item
+    try:
+        call.method, call.params = _envelope(item)
+    except ApiError as exc:  # not a request object at all: always answered
+        call.outcome, notification = exc.mnemonic, False
+        answer = _error_answer(request_id, exc)
+    else:
+        answer = _run(ctx, call, request_id, bearer, remote_addr)
+    call.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+    return None if notification else answer
+
+
+def _run(ctx: Context, call: _Call, request_id: Any, bearer: str | None,
+         remote_addr: str | None) -> dict[str, Any]:
+    """Run a well-formed request object; its response object (``call`` learns the key and the
+    outcome)."""
+    method_name, params = call.method, call.params
+    try:
         method = METHODS.get(method_name)
         if method is None:
             raise ApiError(METHOD_NOT_FOUND, "method_not_found",
                            f"no method {querylang.short(method_name)!r}; see docs/api.md",
                            field="method", value=querylang.short(method_name))
-        key = _authenticate(ctx, params, bearer, remote_addr)
+        if not isinstance(params, dict):  # an array: by position, which no method takes
+            raise ApiError(INVALID_PARAMS, "invalid_parameter_value", "params must be an "
+                           "object (named parameters)", field="params",
+                           value=querylang.short(params))
+        call.key = key = _authenticate(ctx, params, bearer, remote_addr)
         if not key.allows(method.right):
             raise ApiError(FORBIDDEN, "forbidden",
                            f"key {key.name!r} lacks the right {method.right} that "
@@ -264,26 +333,30 @@ def handle(ctx: Context, raw: bytes, *, bearer: str | None = None,
                           f"{method_name} takes no parameter {unexpected[0]!r}",
                           querylang.short(unexpected[0]))
         result = method.run(ctx, params, limits_of(ctx), key)
-        answer: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "result": result}
-        outcome = "ok"
+        return {"jsonrpc": "2.0", "id": request_id, "result": result}
     except ApiError as exc:
-        answer = _error_answer(request_id, exc)
-        outcome = exc.mnemonic
+        call.outcome = exc.mnemonic
+        return _error_answer(request_id, exc)
     except sqlite3.Error as exc:  # the database, not the request, is at fault
         log.exception("admin API %s: database error", method_name)
-        answer = _error_answer(request_id, ApiError(
+        call.outcome = "internal_error"
+        return _error_answer(request_id, ApiError(
             INTERNAL_ERROR, "internal_error", f"the database failed: {exc}"))
-        outcome = "internal_error"
-    known = method_name if method_name in METHODS else "other"
-    ctx.metrics.observe_api(known, outcome)
-    try:
-        ctx.store.log_request(
-            source="admin", key_name=None if key is None else key.name,
-            method=method_name[:100], params=requestlog.mask(params), outcome=outcome,
-            status=200, duration_ms=round((time.perf_counter() - started) * 1000, 3))
-    except sqlite3.Error:
-        log.exception("could not write the request log")
-    return answer
+
+
+def _log_calls(ctx: Context, calls: list[_Call], *, status: int) -> None:
+    """One request-log row and one metrics count per call; ``status`` is the HTTP status the
+    whole body is answered with."""
+    for call in calls:
+        known = call.method if call.method in METHODS else "other"
+        ctx.metrics.observe_api(known, call.outcome)
+        try:
+            ctx.store.log_request(
+                source="admin", key_name=None if call.key is None else call.key.name,
+                method=call.method[:100], params=requestlog.mask(call.params or {}),
+                outcome=call.outcome, status=status, duration_ms=call.duration_ms)
+        except sqlite3.Error:
+            log.exception("could not write the request log")
 
 
 def _decode(raw: bytes) -> Any:
@@ -297,22 +370,18 @@ def _valid_id(value: Any) -> bool:
     return (isinstance(value, str) and len(value) <= 100) or querylang.is_int(value)
 
 
-def _envelope(body: Any) -> tuple[str, dict[str, Any]]:
-    """The method name and params of a well-formed request object."""
-    if isinstance(body, list):
-        raise ApiError(NOT_SUPPORTED, "batch_not_supported", "send one request per POST")
+def _envelope(body: Any) -> tuple[str, Any]:
+    """The method name and params (an object or an array) of a valid request object; anything
+    else is ``invalid_request``."""
     if not isinstance(body, dict):
-        raise ApiError(INVALID_REQUEST, "invalid_request", "the body must be a JSON-RPC 2.0 "
+        raise ApiError(INVALID_REQUEST, "invalid_request", "a call must be a JSON-RPC 2.0 "
                        "request object")
     if body.get("jsonrpc") != "2.0":
         raise ApiError(INVALID_REQUEST, "invalid_request", 'jsonrpc must be "2.0"',
                        field="jsonrpc", value=querylang.short(body.get("jsonrpc")))
-    if body.get("id") is None:
-        raise ApiError(NOT_SUPPORTED, "notification_not_supported",
-                       "a request needs an id (notifications are not supported)", field="id")
-    if not _valid_id(body["id"]):
-        raise ApiError(INVALID_REQUEST, "invalid_request", "id must be a string or an integer",
-                       field="id", value=querylang.short(body["id"]))
+    if "id" in body and body["id"] is not None and not _valid_id(body["id"]):
+        raise ApiError(INVALID_REQUEST, "invalid_request", "id must be a string, an integer "
+                       "or null", field="id", value=querylang.short(body["id"]))
     extra = sorted(set(body) - {"jsonrpc", "id", "method", "params"})
     if extra:
         raise ApiError(INVALID_REQUEST, "invalid_request", "unexpected member of the request",
@@ -321,12 +390,12 @@ def _envelope(body: Any) -> tuple[str, dict[str, Any]]:
     if not isinstance(method, str):
         raise ApiError(INVALID_REQUEST, "invalid_request", "method must be a string",
                        field="method", value=querylang.short(method))
-    params = body.get("params", {})
+    params = body.get("params")
     if params is None:
         params = {}
-    if not isinstance(params, dict):
-        raise ApiError(INVALID_PARAMS, "invalid_parameter_value", "params must be an object",
-                       field="params", value=querylang.short(params))
+    if not isinstance(params, dict | list):
+        raise ApiError(INVALID_REQUEST, "invalid_request", "params must be an object or an "
+                       "array", field="params", value=querylang.short(params))
     return method, params
 
 
@@ -369,8 +438,10 @@ def register(app: QuartTrio, ctx: Context) -> None:
     async def admin_api() -> Any:
         raw = await request.get_data(cache=False)
         raw = raw.encode() if isinstance(raw, str) else raw
-        answer = handle(ctx, raw, bearer=keys.bearer(request.headers.get("Authorization")),
+        answer = await handle(ctx, raw, bearer=keys.bearer(request.headers.get("Authorization")),
                         remote_addr=request.remote_addr)
+        if answer is None:  # notifications only: JSON-RPC answers nothing
+            return Response("", status=204, headers={"Cache-Control": "no-store"})
         return Response(json.dumps(answer, ensure_ascii=False, default=str),
                         content_type="application/json; charset=utf-8",
                         headers={"Cache-Control": "no-store"})
