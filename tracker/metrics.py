@@ -161,7 +161,7 @@ class Metrics:
 
 def register(app: QuartTrio, ctx: Context) -> None:
     """Add ``GET /metrics``; with ``admin.metrics_require_key`` it needs a ``calls:read`` key."""
-    from quart import Response, request  # quart is heavy: imported only by a serving daemon
+    from quart import Response, g, request  # quart is heavy: imported only by a serving daemon
 
     from tracker.db import keys
 
@@ -173,8 +173,11 @@ def register(app: QuartTrio, ctx: Context) -> None:
             token = keys.bearer(request.headers.get("Authorization"))
             allowed = keys.authorize(ctx.store, token, "calls:read") is not None or (
                 token is None and keys.loopback_allowed(
-                    ctx.settings.admin.allow_loopback_without_key, request.remote_addr))
+                    ctx.settings.admin.allow_loopback_without_key, request.remote_addr,
+                    request.headers.keys()))
             if not allowed:
+                if token is not None:
+                    g.auth_failed = True  # a wrong key: web/failures.py counts it for the address
                 response = Response('{"error": "forbidden", "message": "a key with calls:read is '
                                     'required (Authorization: Bearer)"}', status=401,
                                     content_type="application/json")

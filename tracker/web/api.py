@@ -82,6 +82,7 @@ EMPLOYEES = Table("employees", (
 ), default_sort=(("id", "asc"),))
 
 MAX_TAGS = 50
+AUTH_REFUSALS = frozenset({"access_token_invalid", "access_token_blocked"})
 
 
 @dataclass(frozen=True)
@@ -249,8 +250,12 @@ METHODS: dict[str, Method] = {
 
 
 def handle(ctx: Context, raw: bytes, *, bearer: str | None = None,
-           remote_addr: str | None = None) -> dict[str, Any]:
-    """Answer one request body with a JSON-RPC response object, and log it."""
+           remote_addr: str | None = None, caller: str | None = None,
+           on_refusal: Callable[..., None] | None = None) -> dict[str, Any]:
+    """Answer one request body with a JSON-RPC response object, and log it. ``remote_addr``
+    is the peer when it may count as loopback (None through a proxy); ``caller`` the address
+    the request came from. A refused key is logged as a summary, by ``on_refusal`` when given
+    (web/failures.py bounds how many such rows a flood writes)."""
     started = time.perf_counter()
     request_id: Any = None
     method_name = ""
@@ -289,11 +294,19 @@ def handle(ctx: Context, raw: bytes, *, bearer: str | None = None,
         outcome = "internal_error"
     known = method_name if method_name in METHODS else "other"
     ctx.metrics.observe_api(known, outcome)
+    duration_ms = round((time.perf_counter() - started) * 1000, 3)
+    if outcome in AUTH_REFUSALS and on_refusal is not None:
+        on_refusal(source="admin", method=method_name[:100], outcome=outcome, status=200,
+                   size=len(raw), duration_ms=duration_ms)
+        return answer
+    # A refused key is logged as a fixed-size summary: whatever else it sent is not ours to keep.
+    logged = requestlog.refused(len(raw), caller or remote_addr) if outcome in AUTH_REFUSALS \
+        else requestlog.mask(params)
     try:
         ctx.store.log_request(
             source="admin", key_name=None if key is None else key.name,
-            method=method_name[:100], params=requestlog.mask(params), outcome=outcome,
-            status=200, duration_ms=round((time.perf_counter() - started) * 1000, 3))
+            method=method_name[:100], params=logged, outcome=outcome,
+            status=200, duration_ms=duration_ms)
     except sqlite3.Error:
         log.exception("could not write the request log")
     return answer
@@ -404,12 +417,30 @@ def register(app: QuartTrio, ctx: Context) -> None:
     """Add ``POST /api/v1`` to ``app``."""
     from quart import Response, request  # quart is heavy: imported only by a serving daemon
 
+    from tracker.web import failures
+
     @app.route(PATH, methods=["POST"])
     async def admin_api() -> Any:
+        if request.mimetype != "application/json":
+            # A browser sends text/plain, forms and multipart cross-site without asking first
+            # (no CORS preflight): only JSON, which it must ask for, is taken.
+            answer = _error_answer(None, ApiError(
+                INVALID_REQUEST, "unsupported_content_type",
+                "send the request with the header Content-Type: application/json",
+                field="Content-Type", value=querylang.short(request.mimetype)))
+            ctx.metrics.observe_api("other", "unsupported_content_type")
+            return Response(json.dumps(answer), status=415,
+                            content_type="application/json; charset=utf-8",
+                            headers={"Cache-Control": "no-store"})
         raw = await request.get_data(cache=False)
         raw = raw.encode() if isinstance(raw, str) else raw
+        # Loopback access follows the page's rule: a request through a proxy is remote.
+        local = keys.loopback_allowed(True, request.remote_addr, request.headers.keys())
         answer = handle(ctx, raw, bearer=keys.bearer(request.headers.get("Authorization")),
-                        remote_addr=request.remote_addr)
+                        remote_addr=request.remote_addr if local else None,
+                        caller=failures.caller(), on_refusal=failures.note_refusal)
+        if answer.get("error", {}).get("data", {}).get("mnemonic") in AUTH_REFUSALS:
+            failures.note_failure()
         return Response(json.dumps(answer, ensure_ascii=False, default=str),
                         content_type="application/json; charset=utf-8",
                         headers={"Cache-Control": "no-store"})

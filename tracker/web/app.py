@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sqlite3
 import time
 from typing import Any
@@ -16,8 +17,9 @@ from werkzeug.exceptions import HTTPException
 from tracker import metrics
 from tracker.clients import throttle
 from tracker.context import Context
+from tracker.db import keys
 from tracker.features import clicktocall, routing, status_sync
-from tracker.web import api, guard, page, webhook
+from tracker.web import api, failures, guard, page, webhook
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ def create_app(ctx: Context) -> QuartTrio:
     # limits wrap both, and its sender allow-list covers the other /webhooks/uis/ routes.
     app.asgi_app = webhook.with_notifications(ctx, app.asgi_app)
     guard.register(app, ctx)
+    failures.register(app, ctx)
 
     @app.errorhandler(Exception)
     async def internal_error(exc: Exception) -> Response:
@@ -108,7 +111,8 @@ def create_app(ctx: Context) -> QuartTrio:
                 "retrying": stats.retrying,
                 "dead": stats.dead,
                 "consecutive_failures": stats.consecutive_failures,
-                "last_error": stats.last_error,
+                "last_error": stats.last_error if _may_see_details(ctx)
+                else _without_addresses(stats.last_error),
             },
             "rate_limits": throttle.describe(ctx.crm.gate, ctx.uis.gate),
             "database": _database_health(ctx),
@@ -117,6 +121,23 @@ def create_app(ctx: Context) -> QuartTrio:
 
     page.register(app, ctx)  # GET /, /calls/<id>, /live, /login, retry of dead letters
     return app
+
+
+_ADDRESS = re.compile(r"[a-z][a-z0-9+.-]*://[^\s'\"<>]+|\[[0-9a-f:.]+\](:\d+)?"
+                      r"|\b[\w.-]+:\d{1,5}\b", re.IGNORECASE)
+
+
+def _may_see_details(ctx: Context) -> bool:
+    """A caller with a calls:read key (or let in from loopback) sees upstream addresses."""
+    token = keys.bearer(request.headers.get("Authorization"))
+    return keys.authorize(ctx.store, token, "calls:read") is not None or keys.loopback_allowed(
+        ctx.settings.admin.allow_loopback_without_key, request.remote_addr,
+        request.headers.keys())
+
+
+def _without_addresses(text: str | None) -> str | None:
+    """An error message without the URLs and host:port of upstreams, for anonymous eyes."""
+    return None if text is None else _ADDRESS.sub("<upstream>", text)
 
 
 def _database_health(ctx: Context) -> dict[str, Any]:
