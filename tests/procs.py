@@ -58,6 +58,7 @@ def write_config(path: Path, *, db: Path, uis_url: str, crm_url: str, port: int 
         lines += ["[[employees]]", f"uis_id = {uis_id}", f"crm_user_id = {crm_user_id}",
                   f'code = "{code}"', ""]
     path.write_text("\n".join(lines), encoding="utf-8")
+    path.chmod(0o600)  # it holds secrets: check and serve warn about a file others can read
     return path
 
 

@@ -150,6 +150,7 @@ uis_id = 101
 crm_user_id = 1
 code = "101"
 """, encoding="utf-8")
+    path.chmod(0o600)  # it holds secrets: check warns about a file others can read
     return path
 
 

@@ -309,9 +309,9 @@ async def test_every_call_is_in_the_request_log_with_secrets_masked(tmp_path):
                  "outcome": "invalid_parameter_value", "status": 200},
                 {"key_name": "reader", "method": "get.api_requests",
                  "params": {"access_token": "***"}, "outcome": "forbidden", "status": 200},
-                {"key_name": None, "method": "get.statistics",
-                 "params": {"access_token": "***"}, "outcome": "access_token_invalid",
-                 "status": 200},
+                {"key_name": None, "method": "get.statistics",  # refused: a summary only
+                 "params": {"_refused": True, "bytes": 100, "from": "127.0.0.1"},
+                 "outcome": "access_token_invalid", "status": 200},
                 {"key_name": None, "method": "", "params": {}, "outcome": "parse_error",
                  "status": 200},
             ]
@@ -416,7 +416,13 @@ async def test_each_error_mnemonic_is_answered_as_documented(tmp_path):
             finally:
                 d.ctx.store.conn.execute("ALTER TABLE outbox_away RENAME TO outbox")
             assert (mnemonic(answer), answer["error"]["code"]) == ("internal_error", -32603)
-            covered = {expected for _, expected, _ in cases} | {"internal_error"}
+            # a body a browser may send across sites without asking first (HTTP 415)
+            plain = await d.client.post(f"{d.url}/api/v1", content=json.dumps(req()),
+                                        headers={"content-type": "text/plain"})
+            assert plain.status_code == 415 and mnemonic(plain.json()) == "unsupported_content_type"
+            assert plain.json()["error"]["code"] == documented["unsupported_content_type"]
+            covered = {expected for _, expected, _ in cases} | {"internal_error",
+                                                                "unsupported_content_type"}
             assert covered == set(documented)
             # the id is echoed, even on refusals
             assert (await post(d, {**req(), "id": "abc"}))["id"] == "abc"

@@ -164,8 +164,8 @@ def _browser_session(bridge: Bridge, token: str, process_pid: int) -> dict[str, 
             # A phone-sized screen gets the same page, readable.
             phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True,
                                      has_touch=True, device_scale_factor=2)
-            phone.context.add_cookies([{"name": "tracker_key", "value": token,
-                                        "url": bridge.url}])
+            # The session the login opened (the cookie holds its id, never the key).
+            phone.context.add_cookies(page.context.cookies())
             phone.goto(bridge.url + "/")
             expect(phone.locator("#live-status")).to_have_text("live")
             seen["phone_overflow"] = phone.evaluate(

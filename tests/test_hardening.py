@@ -142,7 +142,7 @@ async def test_slow_headers_and_slow_bodies_are_cut_off(tmp_path):
             host, port = d.url.removeprefix("http://").split(":")
             # headers that never end: the connection is closed
             stream = await trio.open_tcp_stream(host, int(port))
-            await stream.send_all(b"POST /webhooks/uis/x HTTP/1.1\r\nHost: t\r\n")
+            await stream.send_all(b"POST /webhooks/uis/x HTTP/1.1\r\nHost: 127.0.0.1\r\n")
             started = trio.current_time()
             with trio.fail_after(5):
                 while await stream.receive_some(1000):
@@ -151,7 +151,7 @@ async def test_slow_headers_and_slow_bodies_are_cut_off(tmp_path):
             await stream.aclose()
             # a body that never arrives: 408
             stream = await trio.open_tcp_stream(host, int(port))
-            await stream.send_all(f"POST /webhooks/uis/{SECRET} HTTP/1.1\r\nHost: t\r\n"
+            await stream.send_all(f"POST /webhooks/uis/{SECRET} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                                   "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
                                   '{"event":'.encode())
             with trio.fail_after(5):

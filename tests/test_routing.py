@@ -392,7 +392,7 @@ def test_an_employee_known_to_be_unavailable_is_skipped(available, kind):
 
 BASE = {"server": {"public_url": "http://t.test"}, "uis": {"webhook_secret": SECRET,
         "access_token": "t"}, "crm": {"url": "http://crm.test", "api_key": "k",
-                                       "client_id": "c"}}
+                                       "client_id": "routing-client-0123456789"}}
 
 
 @pytest.mark.parametrize("routing_data,environ,expected", [

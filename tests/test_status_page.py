@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from tests.support import ANNA, BORIS, CRM_KEY, VERA, Daemon, open_system, start_time
-from tracker.db import keys, pagedata
+from tracker.db import keys, pagedata, sessions
 from tracker.live import Live
 from tracker.simulators import scenarios
 
@@ -26,8 +26,14 @@ TZ = ZoneInfo("Europe/Moscow")
 STATES = ("ringing", "waiting_answer", "talking", "ended", "lost")
 
 
+# A key's status-page session (made with the key): the cookie holds the session id, never the key.
+_SESSIONS: dict[str, str] = {}
+
+
 def _key(d: Daemon, *rights: str, name: str = "ops") -> str:
-    return keys.create(d.ctx.store, name, rights)[1]
+    info, token = keys.create(d.ctx.store, name, rights)
+    _SESSIONS[token] = sessions.open_session(d.ctx.store, info)
+    return token
 
 
 def _ids(html: str, part: str = "recent") -> list[int]:
@@ -38,7 +44,7 @@ def _ids(html: str, part: str = "recent") -> list[int]:
 
 def _cookie(token: str | None) -> dict[str, str]:
     """The login cookie as a header (httpx deprecates per-request cookies)."""
-    return {"Cookie": f"tracker_key={token}"} if token else {}
+    return {"Cookie": f"tracker_session={_SESSIONS.get(token, token)}"} if token else {}
 
 
 class EventStream:
@@ -100,7 +106,7 @@ class EventStream:
 async def open_live(d: Daemon, token: str | None, query: str = "") -> AsyncIterator[EventStream]:
     host, port = d.url.removeprefix("http://").split(":")
     async with await trio.open_tcp_stream(host, int(port)) as stream:
-        cookie = f"Cookie: tracker_key={token}\r\n" if token else ""
+        cookie = f"Cookie: {_cookie(token)['Cookie']}\r\n" if token else ""
         await stream.send_all(f"GET /live{query} HTTP/1.1\r\nHost: {host}:{port}\r\n{cookie}"
                               "Accept: text/event-stream\r\n\r\n".encode())
         events = EventStream(stream)
@@ -169,12 +175,14 @@ async def test_login_sets_an_httponly_cookie_and_goes_back_only_to_a_local_page(
                 assert response.status_code == 303
                 assert response.headers["location"] == expected
                 cookie = response.headers["set-cookie"]
-                assert cookie.startswith(f"tracker_key={token};")
+                assert cookie.startswith("tracker_session=trs_") and token not in cookie
                 assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Path=/" in cookie
-            d.client.cookies.set("tracker_key", token)
+            session = cookie.split(";")[0].split("=", 1)[1]
+            d.client.cookies.clear()
+            d.client.cookies.set("tracker_session", session)
             assert (await d.client.get(d.url + "/")).status_code == 200
             out = await d.client.post(d.url + "/logout")
-            assert out.status_code == 303 and "tracker_key=;" in out.headers["set-cookie"]
+            assert out.status_code == 303 and "tracker_session=;" in out.headers["set-cookie"]
             d.client.cookies.clear()
             assert (await d.client.get(d.url + "/")).status_code == 303
 

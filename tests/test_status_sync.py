@@ -321,7 +321,8 @@ async def test_polling_goes_on_after_failed_polls(tmp_path):
 
 BASE_CONFIG = {"server": {"public_url": "http://tracker.test"},
                "uis": {"webhook_secret": "s" * 20, "access_token": "t"},
-               "crm": {"url": "http://crm.test", "api_key": "k", "client_id": "c"}}
+               "crm": {"url": "http://crm.test", "api_key": "k",
+                       "client_id": "status-sync-client-0123456789"}}
 
 
 @pytest.mark.parametrize(("sections", "problem"), [

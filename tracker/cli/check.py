@@ -19,7 +19,7 @@ import httpx
 from tracker.cli.activation import telephony
 from tracker.clients.crm import CrmClient
 from tracker.clients.uis import UisClient
-from tracker.config import Settings
+from tracker.config import Settings, exposed_mode
 from tracker.errors import DeliveryError, PermanentDelivery
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
@@ -52,11 +52,15 @@ def config_findings(problems: list[str]) -> list[Finding]:
     return [Finding("config", FAIL, problem) for problem in problems]
 
 
-async def check(settings: Settings, out: Callable[[str], None]) -> int:
+async def check(settings: Settings, out: Callable[[str], None], *,
+                config_path: str | None = None) -> int:
     """Run every check, print the table; 0 only when every row is ok."""
     async with httpx.AsyncClient() as http:
         findings = await run_checks(settings, UisClient(http, settings.uis),
                                     CrmClient(http, settings.crm))
+    exposed = None if config_path is None else exposed_mode(config_path)
+    if exposed is not None:
+        findings.insert(1, Finding("config", WARN, exposed))
     out(render(findings))
     return 0 if all(f.result == OK for f in findings) else 1
 

@@ -17,11 +17,14 @@ from tracker import config, logs
 from tracker.errors import ConfigError, StatechartError, StoreError
 
 
-def _settings(args: argparse.Namespace) -> config.Settings:
+def _settings(args: argparse.Namespace, *, warn: bool = True) -> config.Settings:
     path = args.config or os.environ.get("TRACKER_CONFIG")
     if not path:
         raise ConfigError(["no configuration: pass --config PATH or set TRACKER_CONFIG"])
     settings = config.load(path, os.environ)
+    exposed = config.exposed_mode(path)
+    if exposed is not None and warn:
+        print(f"tracker: warning: {exposed}", file=sys.stderr)
     logs.redact(settings.uis.webhook_secret.reveal(), settings.uis.access_token.reveal(),
                 settings.crm.api_key.reveal(), settings.crm.client_id.reveal())
     return settings
@@ -65,11 +68,12 @@ def _check(args: argparse.Namespace) -> int:
 
     # No logs.configure: the table is the output; warnings still reach stderr.
     try:
-        settings = _settings(args)
+        settings = _settings(args, warn=False)
     except ConfigError as exc:
         print(check.render(check.config_findings(exc.problems)))
         return 2
-    return trio.run(check.check, settings, print)
+    path = args.config or os.environ.get("TRACKER_CONFIG")
+    return trio.run(partial(check.check, settings, print, config_path=path))
 
 
 def _templates(args: argparse.Namespace) -> int:

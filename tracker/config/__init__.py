@@ -1,6 +1,6 @@
 """Settings: typed, frozen dataclasses (``settings``) and their parsing (``parse``)."""
 
-from tracker.config.parse import SCHEMA, load, parse
+from tracker.config.parse import SCHEMA, exposed_mode, load, parse, random_enough
 from tracker.config.settings import (
     CRM_STATUSES,
     DEFAULT_STATUS_MAPPING,
@@ -33,6 +33,6 @@ __all__ = [
     "ClickSettings", "ConfigError", "CrmSettings", "CustomerSettings", "DatabaseSettings",
     "DealSettings", "Employee", "OrderSettings", "RateLimitSettings", "ReconcileSettings",
     "RetentionSettings", "RoutingSettings", "Secret", "ServerSettings", "Settings",
-    "StatusSyncSettings", "TaskSettings", "UiSettings", "UisSettings", "dial_string", "load",
-    "parse",
+    "StatusSyncSettings", "TaskSettings", "UiSettings", "UisSettings", "dial_string",
+    "exposed_mode", "load", "parse", "random_enough",
 ]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+import os
+import stat
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -83,6 +85,24 @@ def load(path: str | Path | None, environ: Mapping[str, str]) -> Settings:
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError([f"config file {path} is not valid TOML: {exc}"]) from exc
     return parse(data, environ)
+
+
+def random_enough(secret: str) -> bool:
+    """At least 16 characters, and not a short pattern repeated ("1", "aaaa…", "1212…"): at
+    least 10 different characters, as a generated token has."""
+    return len(secret) >= 16 and len(set(secret)) >= 10
+
+
+def exposed_mode(path: str | Path) -> str | None:
+    """A warning when the config file (it holds secrets) is readable by its group or others."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO) & ~stat.S_IRGRP:
+        return (f"config file {path} is mode {stat.S_IMODE(mode):04o}: others can read its "
+                "secrets; make it 0640 (root:tracker) or 0600")
+    return None
 
 
 def parse(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
@@ -270,6 +290,14 @@ def _check(values: dict[str, dict[str, Any]], employees: list[Employee],
         problems.append("uis.webhook_secret: must be at least 16 characters")
     if isinstance(secret, Secret) and "/" in secret.reveal():
         problems.append("uis.webhook_secret: must not contain '/'")
+    client_id = values["crm"]["client_id"]
+    if isinstance(client_id, Secret) and not random_enough(client_id.reveal()):
+        problems.append("crm.client_id: must be at least 16 random characters (it alone opens "
+                        "click-to-call); generate one: python -c 'import secrets; "
+                        "print(secrets.token_urlsafe(24))'")
+    failures = values["server"]["failures_per_minute"]
+    if isinstance(failures, int | float) and failures < 0:
+        problems.append("server.failures_per_minute: must be 0 (off) or more")
     if values["crm"]["api_version"] not in (None, "v4", "v5"):
         problems.append("crm.api_version: must be 'v4' or 'v5', "
                         f"got {values['crm']['api_version']!r}")

@@ -68,6 +68,8 @@ class ServerSettings:
     trusted_proxies: tuple[str, ...] = strings()  # CIDRs whose X-Forwarded-For is believed
     request_timeout_seconds: float = 30.0  # receive, handle and answer one request
     allowed_hosts: tuple[str, ...] = strings()  # Host names served besides listen / public_url
+    # Failed keys, clientIds and logins one caller address may send per minute (then 429); 0: off
+    failures_per_minute: float = 30.0
 
 
 @dataclass(frozen=True)

@@ -117,9 +117,18 @@ def authorize(store: Store, token: str | None, right: str) -> KeyInfo | None:
     return key if key is not None and key.allows(right) else None
 
 
-def loopback_allowed(allow: bool, remote_addr: str | None) -> bool:
-    """True when ``admin.allow_loopback_without_key`` is on and the peer is 127.0.0.0/8 or ::1."""
+PROXY_HEADERS = ("x-forwarded-for", "forwarded", "x-real-ip")
+
+
+def loopback_allowed(allow: bool, remote_addr: str | None,
+                     header_names: Iterable[str] = ()) -> bool:
+    """True when ``admin.allow_loopback_without_key`` is on, the peer is 127.0.0.0/8 or ::1, and
+    the request carries no proxy header (``header_names``): behind a reverse proxy on the same
+    machine every request comes from loopback, and a forwarded one is remote. One rule for the
+    admin API, the status page and ``/metrics``."""
     if not allow or not remote_addr:
+        return False
+    if any(name.lower() in PROXY_HEADERS for name in header_names):
         return False
     try:
         return ipaddress.ip_address(remote_addr.split("%")[0]).is_loopback
@@ -178,7 +187,14 @@ def revoke(store: Store, name_or_id: str, now: float | None = None) -> KeyInfo:
         if row is None:
             raise KeyProblem(f"no active key named {name_or_id!r}")
         store.conn.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?", (now, row["id"]))
+        # Its status-page sessions end with it (sessions.find checks revoked_at too).
+        store.conn.execute("DELETE FROM page_sessions WHERE key_id = ?", (row["id"],))
     return _info({**dict(row), "revoked_at": now})
+
+
+def info(row: sqlite3.Row | Mapping[str, Any]) -> KeyInfo:
+    """A key from its ``api_keys`` row."""
+    return _info(row)
 
 
 def _info(row: sqlite3.Row | Mapping[str, Any]) -> KeyInfo:

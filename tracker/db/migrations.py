@@ -240,6 +240,19 @@ def _migration_6(db: sqlite_utils.Database) -> None:
     db.table("outbox").create_index(["status", "next_at"])
 
 
+def _migration_7(db: sqlite_utils.Database) -> None:
+    """Issue 17: status-page logins are server-side sessions (db/sessions.py): the cookie holds
+    a random id whose hash is stored here, tied to the key whose rights it has, until it
+    expires, its user logs out or the key is revoked."""
+    db.table("page_sessions").create(
+        {"id": int, "token_hash": str, "key_id": int, "created_at": float, "expires_at": float},
+        pk="id", not_null={"token_hash", "key_id", "created_at", "expires_at"},
+        foreign_keys=[("key_id", "api_keys", "id")],
+    )
+    db.table("page_sessions").create_index(["token_hash"], unique=True)
+    db.table("page_sessions").create_index(["key_id"])
+
+
 MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5,
-              _migration_6]
+              _migration_6, _migration_7]
 

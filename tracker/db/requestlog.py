@@ -22,6 +22,13 @@ log = logging.getLogger(__name__)
 PRUNE_EVERY_SECONDS = 3600.0
 _SECRET_WORDS = ("token", "secret", "password", "api_key", "apikey", "client_id", "clientid")
 _MAX_PARAMS_CHARS = 8192  # one row must not let a client fill the disk
+MAX_VALUE_CHARS = 256  # a callback's parameter, as logged
+
+
+def refused(size: int, address: str | None) -> dict[str, Any]:
+    """What is kept of a refused request (wrong key or clientId): a fixed-size summary, never
+    what it sent, so that a flood of them costs the log a few bytes each."""
+    return {"_refused": True, "bytes": size, "from": (address or "?")[:64]}
 
 
 def mask(params: Any) -> dict[str, Any]:
@@ -44,6 +51,11 @@ def _mask(value: Any) -> Any:
     if isinstance(value, list):
         return [_mask(v) for v in value]
     return value
+
+
+def cap(text: str, limit: int = MAX_VALUE_CHARS) -> str:
+    """``text`` cut at ``limit`` characters, saying how much was left out."""
+    return text if len(text) <= limit else text[:limit] + f"…(+{len(text) - limit})"
 
 
 def _secret(name: Any) -> bool:

@@ -2,8 +2,9 @@
 
 retailCRM calls ``makeCallUrl`` and ``changeUserStatusUrl`` with query or form parameters (which
 one is unconfirmed, so both are read; the form wins). ``clientId`` is the only proof that a
-request comes from our account: it is compared in constant time, and masked in the request log
-(by ``requestlog.mask``, the one masker of the request log).
+request comes from our account: it is compared in constant time, and masked in the request log.
+A request with a wrong one is counted as a failed attempt of its address and logged only as a
+fixed-size summary (web/failures.py throttles and logs those).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from quart import Response, request
+from quart import Response, g, request
 
 from tracker.config import Employee, Settings
 from tracker.context import Context
@@ -23,6 +24,7 @@ from tracker.core import bodies
 from tracker.db import requestlog
 from tracker.db.store import Store
 from tracker.errors import BodyError
+from tracker.logs import MASK
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,13 @@ def client_id_ok(settings: Settings, given: str | None) -> bool:
     return hmac.compare_digest(given.encode(), settings.crm.client_id.reveal().encode())
 
 
+def masked(params: Mapping[str, str]) -> dict[str, Any]:
+    """``params`` fit for the request log: ``clientId`` (and any ``apiKey``) hidden, each name
+    and value cut at 256 characters, and no more than 8 KB in all."""
+    return requestlog.mask({requestlog.cap(k, 64): MASK if k in ("clientId", "apiKey") and v
+                            else requestlog.cap(v) for k, v in list(params.items())[:30]})
+
+
 def find_employee(store: Store, code: str | None, user_id: str | None) -> Employee | None:
     """The mapped employee for a retailCRM user: by extension ``code`` first, then ``userId``.
 
@@ -105,9 +114,18 @@ def unmapped(ctx: Context, code: str | None, user_id: str | None, what: str) -> 
 def respond(ctx: Context, route: str, params: Mapping[str, str], reply: Reply,
             started: float) -> Response:
     """Log the request (clientId masked) and turn ``reply`` into the HTTP answer."""
-    ctx.store.log_request(source="crm", method=f"{request.method} {route}",
-                          params=requestlog.mask(dict(params)), outcome=reply.outcome,
-                          status=reply.status,
-                          duration_ms=round((time.perf_counter() - started) * 1000, 3))
+    duration_ms = round((time.perf_counter() - started) * 1000, 3)
+    if reply.outcome == "forbidden":
+        # A wrong clientId: web/failures.py counts it against the caller's address and logs a
+        # summary of it (size and address, not what it sent), a bounded number a minute.
+        g.auth_failed = True
+        g.refusal = {"source": "crm", "method": f"{request.method} {route}",
+                     "outcome": reply.outcome, "status": reply.status,
+                     "size": (request.content_length or 0) + len(request.query_string),
+                     "duration_ms": duration_ms}
+    else:
+        ctx.store.log_request(source="crm", method=f"{request.method} {route}",
+                              params=masked(params), outcome=reply.outcome,
+                              status=reply.status, duration_ms=duration_ms)
     return Response(json.dumps(reply.body, ensure_ascii=False), status=reply.status,
                     content_type="application/json; charset=utf-8")

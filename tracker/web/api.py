@@ -85,6 +85,7 @@ EMPLOYEES = Table("employees", (
 ), default_sort=(("id", "asc"),))
 
 MAX_TAGS = 50
+AUTH_REFUSALS = frozenset({"access_token_invalid", "access_token_blocked"})
 
 
 @dataclass(frozen=True)
@@ -252,7 +253,9 @@ class _Call:
 
 
 async def handle(ctx: Context, raw: bytes, *, bearer: str | None = None,
-                 remote_addr: str | None = None) -> dict[str, Any] | list[dict[str, Any]] | None:
+                 remote_addr: str | None = None, caller: str | None = None,
+                 on_refusal: Callable[..., None] | None = None,
+                 ) -> dict[str, Any] | list[dict[str, Any]] | None:
     """Answer one request body as JSON-RPC 2.0 does: a response object for a request, an array
     of them for a batch, None when nothing is to be answered (notifications only); log each
     call. Between the calls of a batch it lets other tasks run (a batch must not hold up the
@@ -281,7 +284,8 @@ async def handle(ctx: Context, raw: bytes, *, bearer: str | None = None,
             answer = _error_answer(None, refusal)
         else:
             answer = _answer(ctx, body, calls, bearer, remote_addr)
-    _log_calls(ctx, calls, status=200 if answer is not None else 204)
+    _log_calls(ctx, calls, status=200 if answer is not None else 204, size=len(raw),
+               caller=caller or remote_addr, on_refusal=on_refusal)
     return answer
 
 
@@ -344,16 +348,25 @@ def _run(ctx: Context, call: _Call, request_id: Any, bearer: str | None,
             INTERNAL_ERROR, "internal_error", f"the database failed: {exc}"))
 
 
-def _log_calls(ctx: Context, calls: list[_Call], *, status: int) -> None:
+def _log_calls(ctx: Context, calls: list[_Call], *, status: int, size: int, caller: str | None,
+               on_refusal: Callable[..., None] | None) -> None:
     """One request-log row and one metrics count per call; ``status`` is the HTTP status the
-    whole body is answered with."""
+    whole body is answered with. A call refused for its key is logged as a fixed-size summary
+    (whatever else it sent is not ours to keep), by ``on_refusal`` when given (web/failures.py
+    bounds how many such rows a flood writes)."""
     for call in calls:
         known = call.method if call.method in METHODS else "other"
         ctx.metrics.observe_api(known, call.outcome)
+        if call.outcome in AUTH_REFUSALS and on_refusal is not None:
+            on_refusal(source="admin", method=call.method[:100], outcome=call.outcome,
+                       status=status, size=size, duration_ms=call.duration_ms)
+            continue
+        logged = (requestlog.refused(size, caller) if call.outcome in AUTH_REFUSALS
+                  else requestlog.mask(call.params or {}))
         try:
             ctx.store.log_request(
                 source="admin", key_name=None if call.key is None else call.key.name,
-                method=call.method[:100], params=requestlog.mask(call.params or {}),
+                method=call.method[:100], params=logged,
                 outcome=call.outcome, status=status, duration_ms=call.duration_ms)
         except sqlite3.Error:
             log.exception("could not write the request log")
@@ -434,12 +447,32 @@ def register(app: QuartTrio, ctx: Context) -> None:
     """Add ``POST /api/v1`` to ``app``."""
     from quart import Response, request  # quart is heavy: imported only by a serving daemon
 
+    from tracker.web import failures
+
     @app.route(PATH, methods=["POST"])
     async def admin_api() -> Any:
+        if request.mimetype != "application/json":
+            # A browser sends text/plain, forms and multipart cross-site without asking first
+            # (no CORS preflight): only JSON, which it must ask for, is taken.
+            refusal = _error_answer(None, ApiError(
+                INVALID_REQUEST, "unsupported_content_type",
+                "send the request with the header Content-Type: application/json",
+                field="Content-Type", value=querylang.short(request.mimetype)))
+            ctx.metrics.observe_api("other", "unsupported_content_type")
+            return Response(json.dumps(refusal), status=415,
+                            content_type="application/json; charset=utf-8",
+                            headers={"Cache-Control": "no-store"})
         raw = await request.get_data(cache=False)
         raw = raw.encode() if isinstance(raw, str) else raw
+        # Loopback access follows the page's rule: a request through a proxy is remote.
+        local = keys.loopback_allowed(True, request.remote_addr, request.headers.keys())
         answer = await handle(ctx, raw, bearer=keys.bearer(request.headers.get("Authorization")),
-                        remote_addr=request.remote_addr)
+                              remote_addr=request.remote_addr if local else None,
+                              caller=failures.caller(), on_refusal=failures.note_refusal)
+        answers = answer if isinstance(answer, list) else [] if answer is None else [answer]
+        if any(a.get("error", {}).get("data", {}).get("mnemonic") in AUTH_REFUSALS
+               for a in answers):
+            failures.note_failure()
         if answer is None:  # notifications only: JSON-RPC answers nothing
             return Response("", status=204, headers={"Cache-Control": "no-store"})
         return Response(json.dumps(answer, ensure_ascii=False, default=str),

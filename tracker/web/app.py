@@ -4,10 +4,11 @@ first (webhook.py). Status codes live in these modules."""
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
-from quart import Response, request
+from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -16,7 +17,7 @@ from tracker.clients import throttle
 from tracker.context import Context
 from tracker.db import keys
 from tracker.features import clicktocall, routing, status_sync
-from tracker.web import api, guard, page, responses, webhook
+from tracker.web import api, failures, guard, page, responses, webhook
 from tracker.web.responses import error_response, json_response
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ def create_app(ctx: Context) -> QuartTrio:
     guard.wrap_asgi(app, lambda inner: webhook.with_notifications(ctx, inner))
     guard.register(app, ctx)
     guard.wrap_asgi(app, lambda inner: responses.close_when_draining(inner, ctx.lifecycle))
+    failures.register(app, ctx)
 
     @app.errorhandler(Exception)
     async def internal_error(exc: Exception) -> Response:
@@ -70,8 +72,11 @@ def create_app(ctx: Context) -> QuartTrio:
             token = keys.bearer(request.headers.get("Authorization"))
             allowed = keys.authorize(ctx.store, token, "calls:read") is not None or (
                 token is None and keys.loopback_allowed(
-                    ctx.settings.admin.allow_loopback_without_key, request.remote_addr))
+                    ctx.settings.admin.allow_loopback_without_key, request.remote_addr,
+                    request.headers.keys()))
             if not allowed:
+                if token is not None:
+                    g.auth_failed = True  # a wrong key: web/failures.py counts it for the address
                 response = Response('{"error": "forbidden", "message": "a key with calls:read is '
                                     'required (Authorization: Bearer)"}', status=401,
                                     content_type="application/json")
@@ -105,7 +110,8 @@ def create_app(ctx: Context) -> QuartTrio:
                 "retrying": stats.retrying,
                 "dead": stats.dead,
                 "consecutive_failures": stats.consecutive_failures,
-                "last_error": stats.last_error,
+                "last_error": stats.last_error if _may_see_details(ctx)
+                else _without_addresses(stats.last_error),
             },
             "rate_limits": throttle.describe(ctx.crm.gate, ctx.uis.gate),
             "database": _database_health(ctx),
@@ -114,6 +120,23 @@ def create_app(ctx: Context) -> QuartTrio:
 
     page.register(app, ctx)  # GET /, /calls/<id>, /live, /login, retry of dead letters
     return app
+
+
+_ADDRESS = re.compile(r"[a-z][a-z0-9+.-]*://[^\s'\"<>]+|\[[0-9a-f:.]+\](:\d+)?"
+                      r"|\b[\w.-]+:\d{1,5}\b", re.IGNORECASE)
+
+
+def _may_see_details(ctx: Context) -> bool:
+    """A caller with a calls:read key (or let in from loopback) sees upstream addresses."""
+    token = keys.bearer(request.headers.get("Authorization"))
+    return keys.authorize(ctx.store, token, "calls:read") is not None or keys.loopback_allowed(
+        ctx.settings.admin.allow_loopback_without_key, request.remote_addr,
+        request.headers.keys())
+
+
+def _without_addresses(text: str | None) -> str | None:
+    """An error message without the URLs and host:port of upstreams, for anonymous eyes."""
+    return None if text is None else _ADDRESS.sub("<upstream>", text)
 
 
 def _database_health(ctx: Context) -> dict[str, Any]:

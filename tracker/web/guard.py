@@ -13,6 +13,12 @@ connection is closed after it too (hypercorn's keep-alive timeout, set by the se
 the body first is also a workaround: quart-trio sometimes never sends an answer that a route
 gave before the request body had arrived (seen with hypercorn 0.18, quart-trio 0.12: about one
 POST in ten whose route does not read the body, such as a 404 for a wrong secret).
+
+Host names: only a ``Host`` naming the host of ``server.listen`` or ``server.public_url``, one of
+``server.allowed_hosts``, ``localhost`` or an IP address is answered (421 otherwise): a page of
+another site whose name was made to point at this machine (DNS rebinding) sends its own name.
+Every answer carries ``X-Content-Type-Options: nosniff``.
+Failed attempts (wrong keys, clientIds, logins) are throttled per address in failures.py.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import trio
 from quart import Response, request
@@ -91,8 +98,11 @@ def register(app: QuartTrio, ctx: Context) -> None:
     app.config["MAX_CONTENT_LENGTH"] = server.max_body_bytes
     app.config["BODY_TIMEOUT"] = server.request_timeout_seconds
     app.config["RESPONSE_TIMEOUT"] = server.request_timeout_seconds
-    wrap_asgi(app, lambda inner: with_limits(inner, max_body_bytes=server.max_body_bytes,
-                                             timeout_seconds=server.request_timeout_seconds))
+    # The Host check comes first: a misdirected request is answered before its body is read.
+    hosts = allowed_host_names(server.listen, server.public_url, server.allowed_hosts)
+    wrap_asgi(app, lambda inner: with_host_check(
+        with_limits(inner, max_body_bytes=server.max_body_bytes,
+                    timeout_seconds=server.request_timeout_seconds), hosts))
     allow = networks(ctx.settings.uis.allowed_ips)
     trusted = networks(server.trusted_proxies)
     if not allow:
@@ -111,6 +121,70 @@ def register(app: QuartTrio, ctx: Context) -> None:
 def wrap_asgi(app: QuartTrio, middleware: Callable[[Any], Any]) -> None:
     """Put an ASGI ``middleware`` in front of ``app`` (quart's documented way to add one)."""
     app.asgi_app = middleware(app.asgi_app)  # type: ignore[method-assign]  # quart's own advice
+
+
+def allowed_host_names(listen: str, public_url: str, extra: Iterable[str]) -> frozenset[str]:
+    """The host names (lower case, no port) that ``Host`` may carry besides IP addresses."""
+    names = {"localhost"}
+    listen_host = listen.rsplit(":", 1)[0].strip("[]") if ":" in listen else listen
+    public_host = urlsplit(public_url).hostname or ""
+    for name in (listen_host, public_host, *extra):
+        name = name.strip().lower().rstrip(".")
+        if name:
+            names.add(name)
+    return frozenset(names)
+
+
+def host_allowed(value: str | None, names: frozenset[str]) -> bool:
+    """Whether a ``Host`` header value names this daemon. No header (HTTP/1.0, not a browser)
+    passes; an IP address passes (it cannot be made to point elsewhere); ``*.example.com`` in
+    ``names`` allows the names under example.com."""
+    if value is None:
+        return True
+    host = value.strip().lower()
+    if host.startswith("["):
+        return host.find("]") > 0  # an IPv6 literal
+    if host.count(":") == 1:
+        host, _, port = host.partition(":")
+        if not port.isdigit():
+            return False
+    host = host.rstrip(".")
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    if host in names:
+        return True
+    return any(name.startswith("*.") and host.endswith(name[1:]) for name in names)
+
+
+def with_host_check(asgi_app: Any, names: frozenset[str]) -> Any:
+    """ASGI middleware: 421 for a ``Host`` that is not ours; ``nosniff`` on every answer."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope.get("type") != "http":
+            await asgi_app(scope, receive, send)
+            return
+        hosts = header_values(scope, b"host")
+        if not host_allowed(hosts[0].decode("latin-1") if hosts else None, names):
+            await _refuse(send, 421, "misdirected_request",
+                          "this Host is not served here: it is not the host of server.listen "
+                          "or server.public_url, nor in server.allowed_hosts")
+            return
+
+        async def nosniff_send(message: dict[str, Any]) -> None:
+            if message.get("type") == "http.response.start":
+                headers = list(message.get("headers") or [])
+                if not any(bytes(name).lower() == b"x-content-type-options"
+                           for name, _ in headers):
+                    headers.append((b"x-content-type-options", b"nosniff"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await asgi_app(scope, receive, nosniff_send)
+
+    return app
 
 
 def sender_refusal(scope: Any, allow: Sequence[Network],
@@ -208,4 +282,4 @@ def _content_length(scope: dict[str, Any]) -> int | None:
 
 async def _refuse(send: Any, status: int, error: str, message: str) -> None:
     await responses.send_json(send, status, responses.problem(error, message),
-                              [(b"connection", b"close")])
+                              [(b"x-content-type-options", b"nosniff"), (b"connection", b"close")])

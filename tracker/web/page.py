@@ -28,19 +28,19 @@ from quart_trio import QuartTrio
 
 from tracker.context import Context
 from tracker.core import statecharts
-from tracker.db import keys, pagedata
+from tracker.db import keys, pagedata, sessions
 from tracker.delivery.dispatcher import OutboxStatistics
+from tracker.web import failures
 from tracker.web.responses import error_response, json_response
 
 log = logging.getLogger(__name__)
 
-COOKIE = "tracker_key"
+COOKIE = "tracker_session"  # a session id (db/sessions.py), never the key itself
 ACTION_HEADER = "X-Requested-By"  # value "tracker"; a cross-site form cannot set a header
 KEEPALIVE_SECONDS = 15.0
 RETRY_MILLISECONDS = 2000  # how soon a browser reconnects a stream that ended
 _CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
         "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
-_PROXY_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-Ip")
 _ASSETS = resources.files("tracker") / "assets"
 _STATIC = {"page.css": "text/css; charset=utf-8", "page.js": "text/javascript; charset=utf-8"}
 _BROWSER_ENDPOINTS = {"status_page", "call_timeline", "live_stream", "retry_dead_letter",
@@ -55,6 +55,7 @@ class Viewer:
     token: str | None  # None: a loopback browser let in without a key
     can_retry: bool
     can_read_log: bool
+    session: bool = False  # token is a session id (the cookie), not a key
 
 
 def _environment(ctx: Context) -> jinja2.Environment:
@@ -92,26 +93,35 @@ def register(app: QuartTrio, ctx: Context) -> None:
     static = {name: (_ASSETS / name).read_bytes() for name in _STATIC}
     outbox_stats = _PerVersion(ctx.outbox.statistics, lambda: ctx.live.version)
 
-    def authorize(token: str | None, right: str) -> str | None:
-        info = keys.authorize(ctx.store, token, right)
-        return None if info is None else info.name
+    def same_origin() -> bool:
+        return _same_origin(ctx.settings.server.public_url)
 
     def current_viewer() -> Viewer | None:
-        token = request.cookies.get(COOKIE) or keys.bearer(request.headers.get("Authorization"))
-        if token:
-            name = authorize(token, "calls:read")
-            if name is not None:
-                return Viewer(name, token, can_retry=authorize(token, "outbox:write") is not None,
-                              can_read_log=authorize(token, "log:read") is not None)
-        # Behind a reverse proxy every request comes from 127.0.0.1: a forwarded one is remote.
+        session = request.cookies.get(COOKIE)
+        bearer = keys.bearer(request.headers.get("Authorization"))
+        key = sessions.find(ctx.store, session)
+        if key is not None and key.allows("calls:read"):
+            return Viewer(key.name, session, can_retry=key.allows("outbox:write"),
+                          can_read_log=key.allows("log:read"), session=True)
+        key = keys.authorize(ctx.store, bearer, "calls:read")
+        if key is not None:
+            return Viewer(key.name, bearer, can_retry=key.allows("outbox:write"),
+                          can_read_log=key.allows("log:read"))
+        if bearer:
+            # A wrong key is a guess like a wrong login. A stale session id is not counted: it
+            # cannot be guessed, and an open tab whose session ended would lock its user out.
+            failures.note_failure()
         if keys.loopback_allowed(ctx.settings.admin.allow_loopback_without_key,
-                                 request.remote_addr) \
-                and not any(name in request.headers for name in _PROXY_HEADERS):
+                                 request.remote_addr, request.headers.keys()):
             return Viewer(keys.LOOPBACK.name, None, can_retry=True, can_read_log=True)
         return None
 
     def still_allowed(viewer: Viewer) -> bool:
-        return viewer.token is None or authorize(viewer.token, "calls:read") is not None
+        if viewer.token is None:
+            return True
+        key = sessions.find(ctx.store, viewer.token) if viewer.session \
+            else keys.authorize(ctx.store, viewer.token, "calls:read")
+        return key is not None and key.allows("calls:read")
 
     async def overview(viewer: Viewer, filters: pagedata.Filters) -> dict[str, Any]:
         now = time.time()
@@ -119,8 +129,10 @@ def register(app: QuartTrio, ctx: Context) -> None:
             pagedata.read_overview, filters=filters, states=ctx.chart.states,
             final_states=ctx.chart.final_states, tz=ctx.tz, now=now,
             with_log=viewer.can_read_log))
+        counts = app.extensions.get("tracker.failures")  # web/failures.py
         data.update(viewer=viewer, filters=filters, outbox=outbox_stats.get(),
-                    live=ctx.live.statistics(), uptime=now - ctx.lifecycle.started_at)
+                    live=ctx.live.statistics(), uptime=now - ctx.lifecycle.started_at,
+                    failures=counts() if counts is not None else None)
         return data
 
     async def status_parts(viewer: Viewer, filters: pagedata.Filters) -> dict[str, str]:
@@ -175,7 +187,7 @@ def register(app: QuartTrio, ctx: Context) -> None:
         if viewer is None:
             return error_response(401, "unauthorized", "log in with a key") if wants_json \
                 else _login_redirect()
-        data = await call_data(viewer, call_id)
+        data = await call_data(viewer, call_id) if _fits(call_id) else None
         if data is None:
             if wants_json:
                 return error_response(404, "not_found", f"no call {call_id}")
@@ -193,6 +205,8 @@ def register(app: QuartTrio, ctx: Context) -> None:
             return error_response(401, "unauthorized", "log in with a key")
         call_id = request.args.get("call", type=int)
         render: Callable[[], Awaitable[dict[str, str]]]
+        if call_id is not None and not _fits(call_id):
+            return error_response(404, "not_found", "no such call")
         if call_id is not None:
             render = partial(call_parts, viewer, call_id)
         else:
@@ -214,9 +228,11 @@ def register(app: QuartTrio, ctx: Context) -> None:
             return error_response(401, "unauthorized", "log in with a key")
         if not viewer.can_retry:
             return error_response(403, "forbidden", "this key lacks outbox:write")
-        if request.headers.get(ACTION_HEADER) != "tracker" or not _same_origin():
+        if request.headers.get(ACTION_HEADER) != "tracker" or not same_origin():
             return error_response(403, "cross_site", f"send the {ACTION_HEADER} header from the "
                                "status page")
+        if not _fits(row_id):
+            return error_response(404, "not_found", f"no outbox row {row_id}")
         with ctx.store.transaction():
             done = ctx.store.retry_dead([row_id], time.time()).requeued
             ctx.store.log_request(
@@ -238,21 +254,31 @@ def register(app: QuartTrio, ctx: Context) -> None:
     @app.route("/login", methods=["POST"])
     async def login() -> Response:
         form = await request.form
-        token = (form.get("key") or "").strip()
         target = _local_path(form.get("next"))
-        if authorize(token, "calls:read") is None:
-            log.warning("status page: refused a login from %s", request.remote_addr)
+        if not same_origin():
+            return _html(env.get_template("login.html").render(
+                next=target, error="Log in from this site's own login page.", viewer=None), 403)
+        token = (form.get("key") or "").strip()
+        key = keys.authorize(ctx.store, token, "calls:read")
+        if key is None:
+            failures.note_failure()
+            log.warning("status page: refused a login from %s", failures.caller())
             return _html(env.get_template("login.html").render(
                 next=target, error="This key is unknown, revoked, or lacks calls:read.",
                 viewer=None), 403)
+        sessions.close(ctx.store, request.cookies.get(COOKIE))  # a new login, a new id
         response = _redirect(target)
-        response.set_cookie(COOKIE, token, httponly=True, samesite="Lax", path="/",
+        response.set_cookie(COOKIE, sessions.open_session(ctx.store, key), httponly=True,
+                            samesite="Lax", path="/", max_age=int(sessions.LIFETIME_SECONDS),
                             secure=request.scheme == "https"
                             or request.headers.get("X-Forwarded-Proto") == "https")
         return response
 
     @app.route("/logout", methods=["POST"])
     async def logout() -> Response:
+        if not same_origin():
+            return error_response(403, "cross_site", "log out from the status page")
+        sessions.close(ctx.store, request.cookies.get(COOKIE))
         response = _redirect("/login")
         response.delete_cookie(COOKIE, path="/", httponly=True, samesite="Lax")
         return response
@@ -337,17 +363,27 @@ def _login_redirect() -> Response:
     return _redirect("/login?next=" + quote(request.full_path.rstrip("?"), safe=""))
 
 
-def _same_origin() -> bool:
-    """The browser says the request comes from a page of this site (or says nothing)."""
+def _same_origin(public_url: str) -> bool:
+    """The browser says the request comes from a page of this site (or says nothing). The site
+    is the ``Host`` asked for or, behind a proxy that rewrites ``Host``, ``server.public_url``."""
     site = request.headers.get("Sec-Fetch-Site")
     if site is not None and site not in ("same-origin", "none"):
         return False
     origin = request.headers.get("Origin")
-    return origin is None or urlsplit(origin).netloc == request.host
+    return origin is None or urlsplit(origin).netloc in (request.host,
+                                                         urlsplit(public_url).netloc)
 
 
 def _local_path(target: str | None) -> str:
-    """Only a path on this site may follow a login (no open redirect)."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """Only a path on this site may follow a login (no open redirect). Control characters and
+    whitespace are dropped first: browsers ignore them, so ``/<TAB>/evil.example`` is
+    ``//evil.example`` to them (and CR/LF could not go into a header)."""
+    target = "".join(ch for ch in target or "" if ch.isprintable() and not ch.isspace())
+    if not target.startswith("/") or target.startswith("//") or "\\" in target:
         return "/"
     return target
+
+
+def _fits(number: int) -> bool:
+    """An id SQLite can hold (larger ones name nothing, and would overflow a query)."""
+    return 0 <= number < 2**63
