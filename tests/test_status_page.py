@@ -278,7 +278,8 @@ async def test_recent_calls_filter_by_state_direction_employee_phone_and_time(tm
                 page = await _get(d, "/" + query, token)
                 assert page.status_code == 200, query
                 assert _ids(page.text) == expected, query
-                shown = re.findall(r'<p class="error">Ignored ([^<]*)</p>', page.text)
+                shown = [f"{name}: {re.sub(r'<[^>]+>', '', text)}" for name, text in re.findall(
+                    r'<p class="error" data-field="(\w+)">Ignored [^:]*: (.*?)</p>', page.text)]
                 assert len(shown) == len(problems), (query, shown)
                 for text, problem in zip(shown, problems, strict=True):
                     assert text.startswith(problem), (query, text)

@@ -393,7 +393,8 @@ def _customers(conn: sqlite3.Connection, call_ids: list[int]) -> dict[int, dict[
             f" ORDER BY id", chunk).fetchall()
         for call_id, name, link in rows:
             if name:
-                safe = link if isinstance(link, str) and link.startswith("https://") else None
+                safe = link if isinstance(link, str) and link.startswith(("https://", "http://")) \
+                    else None
                 found[call_id] = {"name": str(name)[:200], "link": safe}
     return found
 

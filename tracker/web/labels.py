@@ -24,6 +24,9 @@ LABELS: dict[str, dict[str, str]] = {
         "lost": N_("lost"),
     },
     "direction": {"in": N_("inbound"), "out": N_("outbound")},
+    "filter": {"state": N_("State"), "direction": N_("Direction"), "employee": N_("Employee"),
+               "phone": N_("Phone"), "since": N_("From"), "until": N_("To"),
+               "limit": N_("Limit")},
     "direction_short": {"in": N_("in"), "out": N_("out")},
     "outcome": {
         "accepted": N_("accepted"), "applied": N_("applied"), "ignored": N_("ignored"),
@@ -78,3 +81,9 @@ def person(lang: str, employees: Mapping[int, Mapping[str, Any]], uis_id: int | 
         return Markup("")
     return Markup('<span class="person" translate="no">{}</span>').format(
         employee(lang, employees, uis_id))
+
+
+def raw(params: Mapping[str, Any]) -> dict[str, Markup]:
+    """Values typed by someone (a filter's input) marked as not to be translated."""
+    return {name: Markup('<span translate="no">{}</span>').format(value)
+            for name, value in params.items()}

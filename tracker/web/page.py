@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -40,9 +41,10 @@ ACTION_HEADER = "X-Requested-By"  # value "tracker"; a cross-site form cannot se
 KEEPALIVE_SECONDS = 15.0
 PICTURE_SECONDS = 5.0  # how stale the pictures of the day may be
 RETRY_MILLISECONDS = 2000  # how soon a browser reconnects a stream that ended
-# Recordings play from UIS's servers (media-src): the page itself still loads nothing else.
+# Recordings play from UIS's servers (media-src: any https origin, and the origin of
+# ``uis.media_url`` even over http, as in the demo); the page itself loads nothing else.
 _CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "media-src 'self' https:; "
+        "media-src 'self' https: {media}; "
         "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 _PROXY_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-Ip")
 _ASSETS = resources.files("tracker") / "assets"
@@ -89,6 +91,7 @@ def _environment(ctx: Context, lang: str) -> jinja2.Environment:
     env.globals["employee"] = partial(labels.employee, lang)
     env.globals["person"] = partial(labels.person, lang)
     env.globals["label"] = partial(labels.label, lang)
+    env.globals["raw"] = labels.raw
     env.globals["transitions"] = _transition_rows(ctx.chart)
     env.globals["chart_text"] = statecharts.mermaid(ctx.chart)
     env.globals["chart_svg"] = partial(pictures.statechart, ctx.chart, lang)
@@ -110,6 +113,7 @@ def _transition_rows(chart: statecharts.Chart) -> list[dict[str, str]]:
 def register(app: QuartTrio, ctx: Context) -> None:
     """Add the status page's routes to ``app``."""
     envs = {lang: _environment(ctx, lang) for lang in formatting.LANGUAGES}
+    csp = _csp(ctx.settings.uis.media_url)
     static = {name: (_ASSETS / name).read_bytes() for name in _STATIC}
     outbox_stats = _PerVersion(ctx.outbox.statistics, lambda: ctx.live.version)
 
@@ -139,6 +143,7 @@ def register(app: QuartTrio, ctx: Context) -> None:
     def page(template: str, data: dict[str, Any], status: int = 200) -> Response:
         lang, chosen = language()
         response = _html(envs[lang].get_template(template).render(data), status)
+        response.headers["Content-Security-Policy"] = csp
         response.headers["Content-Language"] = lang
         response.headers["Vary"] = "Accept-Language, Cookie"
         if chosen:
@@ -379,9 +384,18 @@ def _event(name: str, data: dict[str, str]) -> str:
     return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
+def _csp(media_url: str) -> str:
+    """The page's Content-Security-Policy, letting recordings play from ``media_url``'s origin."""
+    parts = urlsplit(media_url)
+    origin = f"{parts.scheme}://{parts.netloc}"
+    safe = parts.scheme in ("http", "https") and re.fullmatch(r"[A-Za-z0-9.:\[\]-]+",
+                                                               parts.netloc or "")
+    return _CSP.format(media=origin if safe else "").replace(" ;", ";")
+
+
 def _html(text: str, status: int = 200) -> Response:
     response = Response(text, status=status, content_type="text/html; charset=utf-8")
-    response.headers["Content-Security-Policy"] = _CSP
+    response.headers["Content-Security-Policy"] = _csp("")
     response.headers["Cache-Control"] = "no-store"
     response.headers["Referrer-Policy"] = "same-origin"
     response.headers["X-Content-Type-Options"] = "nosniff"

@@ -58,8 +58,11 @@ def _svg(key: str, width: int, height: int, body: str, name: str) -> str:
             f'{_patterns(key)}{body}</svg>')
 
 
-def _text(x: float, y: float, text: str, cls: str = "svg-label", anchor: str = "start") -> str:
-    return (f'<text x="{x:.1f}" y="{y:.1f}" class="{cls}" text-anchor="{anchor}">'
+def _text(x: float, y: float, text: str, cls: str = "svg-label", anchor: str = "start",
+          raw: bool = False) -> str:
+    """An SVG label; ``raw`` marks data (a name, an identifier) as not to be translated."""
+    mark = ' translate="no"' if raw else ""
+    return (f'<text x="{x:.1f}" y="{y:.1f}" class="{cls}" text-anchor="{anchor}"{mark}>'
             f'{escape(text)}</text>')
 
 
@@ -104,8 +107,8 @@ def _hours(lang: str, day: Mapping[str, Any], employees: Employees) -> Markup:
                    [t(N_("hour")), t(N_("today")), t(N_("last week"))], rows, lang)
 
 
-def _bar_rows(key: str, lang: str, rows: list[tuple[str, list[tuple[int, str]]]],
-              legend: list[tuple[str, str]], label_width: int = 220) -> str:
+def _bar_rows(key: str, name: str, rows: list[tuple[str, list[tuple[int, str]]]],
+              legend: list[tuple[str, str]], label_width: int = 220, raw: bool = False) -> str:
     """Horizontal bars: one row per item, one bar per series, the value written beside it."""
     width, row_h, bar_h, top = 720, 0, 18, 34
     series = max((len(values) for _, values in rows), default=1)
@@ -120,9 +123,9 @@ def _bar_rows(key: str, lang: str, rows: list[tuple[str, list[tuple[int, str]]]]
         parts.append(f'<rect x="{x}" y="6" width="16" height="16" class="{cls}"{fill}/>')
         parts.append(_text(x + 22, 20, text))
         x += 30 + 9 * len(text)
-    for index, (name, values) in enumerate(rows):
+    for index, (item, values) in enumerate(rows):
         y = top + index * row_h
-        parts.append(_text(label_width - 8, y + bar_h, name, anchor="end"))
+        parts.append(_text(label_width - 8, y + bar_h, item, anchor="end", raw=raw))
         for k, (value, text) in enumerate(values):
             cls = "bar-a" if k == 0 else "bar-b"
             fill = f' fill="url(#{key}-hatch)"' if cls == "bar-b" else ""
@@ -131,7 +134,7 @@ def _bar_rows(key: str, lang: str, rows: list[tuple[str, list[tuple[int, str]]]]
             parts.append(f'<rect x="{label_width}" y="{by}" width="{w:.1f}" height="{bar_h}" '
                          f'class="{cls}"{fill}/>')
             parts.append(_text(label_width + w + 6, by + 14, text))
-    return _svg(key, width, height, "".join(parts), key)
+    return _svg(key, width, height, "".join(parts), name)
 
 
 def _answers(lang: str, day: Mapping[str, Any], employees: Employees) -> Markup:
@@ -151,7 +154,7 @@ def _answers(lang: str, day: Mapping[str, Any], employees: Employees) -> Markup:
                 share=formatting.percent(share, lang) if share is not None else "–", wait=wait)
     rows = [(t(N_("answered")), [(answered, f"{num(answered)} · {pct(answered)}")]),
             (t(N_("missed")), [(missed, f"{num(missed)} · {pct(missed)}")])]
-    svg = _hatch_last(_bar_rows("answers", lang, rows, [], label_width=160), "answers")
+    svg = _hatch_last(_bar_rows("answers", caption, rows, [], label_width=160), "answers")
     table = [[t(N_("answered")), num(answered), pct(answered)],
              [t(N_("missed")), num(missed), pct(missed)],
              [t(N_("median wait before an answer")), wait, ""]]
@@ -175,9 +178,9 @@ def _people(lang: str, day: Mapping[str, Any], employees: Employees) -> Markup:
     caption = t(N_("Answered and missed calls per employee today"))
     if not rows:
         caption = t(N_("No employee took or missed a call today"))
-    svg = _bar_rows("people", lang, rows, [("bar-a", t(N_("answered"))),
-                                           ("bar-b", t(N_("missed (hatched)")))])
-    table = [[labels.employee(lang, employees, uis_id), num(c["answered"]), num(c["missed"])]
+    svg = _bar_rows("people", caption, rows, [("bar-a", t(N_("answered"))),
+                                              ("bar-b", t(N_("missed (hatched)")))], raw=True)
+    table = [[labels.person(lang, employees, uis_id), num(c["answered"]), num(c["missed"])]
              for uis_id, c in people.items()]
     return _figure("people", caption, svg, [t(N_("employee")), t(N_("answered")),
                                             t(N_("missed"))], table, lang)
@@ -193,7 +196,7 @@ def _callbacks(lang: str, day: Mapping[str, Any], employees: Employees) -> Marku
     median = formatting.duration(back["median"], lang) if back["median"] is not None else "–"
     caption = t(N_("Missed calls today and how soon the number was called back (the next "
                    "answered call with it, either way): median %(median)s"), median=median)
-    svg = _hatch_last(_bar_rows("callbacks", lang, rows, [], label_width=220), "callbacks")
+    svg = _hatch_last(_bar_rows("callbacks", caption, rows, [], label_width=220), "callbacks")
     table = [[name, str(value[0][1])] for name, value in rows]
     return _figure("callbacks", caption, svg, [t(N_("called back")), t(N_("missed calls"))],
                    table, lang)
@@ -253,7 +256,7 @@ def statechart(chart: statecharts.Chart, lang: str, counts: Mapping[str, int],
                      'class="edge" marker-end="url(#arrow)"/>')
         label = ", ".join(triggers)
         ly = (y1 + 2 * cy + y2) / 4 - 4
-        parts.append(_text((x1 + 2 * cx + x2) / 4, ly, label, "svg-small", "middle"))
+        parts.append(_text((x1 + 2 * cx + x2) / 4, ly, label, "svg-small", "middle", raw=True))
     for state in chart.states:
         x, y = place[state]
         final = state in chart.final_states
