@@ -16,16 +16,14 @@ from babel.messages.extract import extract_from_dir
 from babel.messages.frontend import parse_mapping_cfg
 from babel.messages.pofile import read_po
 
-from tests.support import ANNA, BORIS, Daemon, open_system, start_time
+from tests.pagecalls import ANSWERED, LOST, populate
+from tests.support import open_system
 from tracker.core import formatting
 from tracker.db import keys
-from tracker.simulators import scenarios
 from tracker.web import i18n
 
 ROOT = Path(__file__).resolve().parent.parent
 TZ = ZoneInfo("Europe/Moscow")
-ANSWERED, LOST, CALLBACK = 998677501, 998677502, 998677503
-CUSTOMER = "79020790876"
 # Names and notations that are the same in every language.
 PROPER = {"tracker", "UIS", "retailCRM", "API", "Mermaid", "id", "POST", "GET", "PM", "AM",
           "employees"}
@@ -179,31 +177,10 @@ def _english_left(html: str) -> list[str]:
     return left
 
 
-async def _populate(d: Daemon) -> None:
-    """Calls of every kind, a routed caller known to retailCRM, a dead letter, a warning."""
-    d.sims.crm.phone_customers["+" + CUSTOMER] = {"id": 77, "firstName": "Ольга",
-                                                   "lastName": "Соколова"}
-    route = await d.client.get(f"{d.webhook}/route", params={
-        "call_session_id": ANSWERED, "numa": CUSTOMER, "numb": "74950000000"})
-    assert route.status_code == 200, route.text
-    await d.play(scenarios.ring_group_lost(LOST, start=start_time(), ringing=[ANNA, BORIS],
-                                           contact=CUSTOMER))
-    await d.play(scenarios.answered(ANSWERED, start=start_time(), employee=ANNA,
-                                    contact=CUSTOMER, wait_seconds=7, talk_seconds=95))
-    ongoing = scenarios.answered(CALLBACK, start=start_time(), employee=BORIS)
-    d.sims.uis.register(ongoing, finished=False)
-    for notification in ongoing.notifications[:3]:  # ringing, waiting, talking: on the board
-        await d.sims.uis.send_notification(notification, d.webhook, d.client)
-    await d.play(scenarios.answered(998677504, start=start_time(), employee=(13421, "Guest")))
-    d.sims.crm.api_key = "rotated"
-    await d.play(scenarios.lost_in_ivr(998677505, start=start_time()))
-    d.sims.crm.api_key = "key"  # (the dead letter stays dead)
-
-
 async def test_pages_in_russian_have_no_english_left_and_in_english_no_russian(tmp_path):
     with trio.fail_after(40):
         async with open_system(tmp_path) as d:
-            await _populate(d)
+            await populate(d)
             token = keys.create(d.ctx.store, "ops", ["calls:read", "outbox:write",
                                                      "log:read"])[1]
             cookie = {"Cookie": f"tracker_key={token}"}

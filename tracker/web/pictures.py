@@ -76,7 +76,7 @@ def _hours(lang: str, day: Mapping[str, Any], employees: Employees) -> Markup:
     t, num = _t(lang), partial(formatting.number, lang=lang)
     today, week = list(day["per_hour"]), list(day["last_week"])
     top = max([*today, *week, 1])
-    width, height, left, bottom, top_pad = 720, 260, 40, 40, 36
+    width, height, left, bottom, top_pad = 520, 250, 36, 36, 56
     plot_h = height - bottom - top_pad
     slot = (width - left - 8) / 24
     parts = [f'<line x1="{left}" y1="{height - bottom}" x2="{width - 4}" y2="{height - bottom}" '
@@ -96,9 +96,9 @@ def _hours(lang: str, day: Mapping[str, Any], employees: Employees) -> Markup:
             parts.append(_text(x + slot / 2, height - bottom + 20, f"{hour:02d}", anchor="middle"))
     parts.append(f'<rect x="{left}" y="6" width="16" height="16" class="bar-a"/>')
     parts.append(_text(left + 22, 20, t(N_("today: %(count)s"), count=num(sum(today)))))
-    parts.append(f'<rect x="{left + 260}" y="6" width="16" height="16" class="bar-b" '
+    parts.append(f'<rect x="{left}" y="30" width="16" height="16" class="bar-b" '
                  'fill="url(#hours-hatch)"/>')
-    parts.append(_text(left + 282, 20, t(N_("same weekday last week: %(count)s"),
+    parts.append(_text(left + 22, 44, t(N_("same weekday last week: %(count)s"),
                                          count=num(sum(week)))))
     caption = t(N_("Calls per hour today (solid) and on the same weekday last week (hatched)"))
     rows = [[f"{h:02d}:00", num(today[h]), num(week[h])] for h in range(24)
@@ -110,12 +110,12 @@ def _hours(lang: str, day: Mapping[str, Any], employees: Employees) -> Markup:
 def _bar_rows(key: str, name: str, rows: list[tuple[str, list[tuple[int, str]]]],
               legend: list[tuple[str, str]], label_width: int = 220, raw: bool = False) -> str:
     """Horizontal bars: one row per item, one bar per series, the value written beside it."""
-    width, row_h, bar_h, top = 720, 0, 18, 34
+    width, row_h, bar_h, top = 520, 0, 18, 34
     series = max((len(values) for _, values in rows), default=1)
     row_h = series * (bar_h + 4) + 12
     height = top + max(1, len(rows)) * row_h
     biggest = max([v for _, values in rows for v, _ in values] + [1])
-    scale = (width - label_width - 70) / biggest
+    scale = (width - label_width - 120) / biggest  # room for the value written after a bar
     parts = []
     x = 4
     for cls, text in legend:
@@ -229,34 +229,49 @@ def statechart(chart: statecharts.Chart, lang: str, counts: Mapping[str, int],
     columns: dict[int, list[str]] = {}
     for state in chart.states:
         columns.setdefault(rank[state], []).append(state)
-    box_w, box_h, gap_x, gap_y, pad = 170, 64, 70, 70, 20
+    box_w, box_h, gap_x, gap_y, pad, line = 150, 60, 130, 100, 16, 14
+    spans = [rank[d] - rank[s] for (s, d) in edges
+             if rank[d] - rank[s] > 1 and columns[rank[s]].index(s) == columns[rank[d]].index(d)]
+    top = pad + 24 + 34 * max(spans, default=0) + 2 * line  # room for the arcs and labels
     place: dict[str, tuple[float, float]] = {}
     for column, states in columns.items():
         for row, state in enumerate(states):
-            place[state] = (pad + column * (box_w + gap_x), pad + 30 + row * (box_h + gap_y))
+            place[state] = (pad + column * (box_w + gap_x), top + row * (box_h + gap_y))
     width = pad * 2 + len(columns) * box_w + (len(columns) - 1) * gap_x
-    height = pad * 2 + 30 + max(len(s) for s in columns.values()) * (box_h + gap_y)
+    height = top + max(len(s) for s in columns.values()) * (box_h + gap_y) - gap_y + pad + 10
     parts = ['<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" '
              'markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" '
              'class="arrow-head"/></marker></defs>']
+    incoming: dict[str, list[tuple[str, str]]] = {}
+    for (source, dest) in edges:
+        incoming.setdefault(dest, []).append((source, dest))
+
+    def label_lines(x: float, y: float, triggers: list[str], anchor: str) -> None:
+        """One trigger per line, the last line at ``y``."""
+        for k, trigger in enumerate(triggers):
+            parts.append(_text(x, y - (len(triggers) - 1 - k) * line, trigger, "svg-small",
+                               anchor, raw=True))
+
     for (source, dest), triggers in edges.items():
         (sx, sy), (dx, dy) = place[source], place[dest]
-        x1, y1 = sx + box_w, sy + box_h / 2
-        x2, y2 = dx, dy + box_h / 2
-        if dx <= sx:  # same column or backwards: leave from the bottom
-            x1, y1, x2, y2 = sx + box_w / 2, sy + box_h, dx + box_w / 2, dy
-        skip = rank[dest] - rank[source] > 1 and abs(sy - dy) < 1
-        lift = -(30 + 16 * (rank[dest] - rank[source])) if skip else 0
-        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2 + lift
-        if skip:
-            y1, y2 = sy, dy
-            x1, x2 = sx + box_w * 0.75, dx + box_w * 0.25
-            cy = min(y1, y2) + lift * 1.6
-        parts.append(f'<path d="M{x1:.1f},{y1:.1f} Q{cx:.1f},{cy:.1f} {x2:.1f},{y2:.1f}" '
-                     'class="edge" marker-end="url(#arrow)"/>')
-        label = ", ".join(triggers)
-        ly = (y1 + 2 * cy + y2) / 4 - 4
-        parts.append(_text((x1 + 2 * cx + x2) / 4, ly, label, "svg-small", "middle", raw=True))
+        span = rank[dest] - rank[source]
+        if abs(sy - dy) < 1 and span == 1:  # neighbours in a row: a straight arrow
+            x1, y1, x2, y2 = sx + box_w, sy + box_h / 2, dx, dy + box_h / 2
+            path = f"M{x1:.1f},{y1:.1f} L{x2:.1f},{y2:.1f}"
+            label_lines((x1 + x2) / 2, y1 - 6, triggers, "middle")
+        elif abs(sy - dy) < 1:  # over a neighbour: an arc above the row
+            x1, x2, y1 = sx + box_w * 0.7, dx + box_w * 0.3, sy
+            cy = y1 - 34 * span * 2
+            path = f"M{x1:.1f},{y1:.1f} Q{(x1 + x2) / 2:.1f},{cy:.1f} {x2:.1f},{y1:.1f}"
+            label_lines((x1 + x2) / 2, (y1 + cy) / 2 - 4, triggers, "middle")
+        else:  # to another row: down from the source, into the side of the destination
+            arrivals = incoming[dest]
+            share = (arrivals.index((source, dest)) + 1) / (len(arrivals) + 1)
+            x1, y1 = sx + box_w * 0.5, sy + box_h
+            x2, y2 = (dx, dy + box_h * share) if dx > sx + 1 else (dx + box_w * share, dy)
+            path = f"M{x1:.1f},{y1:.1f} Q{x1:.1f},{y2:.1f} {x2:.1f},{y2:.1f}"
+            label_lines(x1 + 6, y1 + 8 + len(triggers) * line, triggers, "start")
+        parts.append(f'<path d="{path}" class="edge" marker-end="url(#arrow)"/>')
     for state in chart.states:
         x, y = place[state]
         final = state in chart.final_states
