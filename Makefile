@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean messages
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("tracker needs Python >= 3.11, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -41,6 +41,13 @@ test: $(STAMP) $(CHROMIUM) $(SYSTEMD_ANALYZE) $(STRACE)
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(PY) -m pytest --cov --cov-report=term
+
+# The page's catalogues: new strings of the source into both .po files (translate, then test).
+# Nothing to compile: the daemon compiles the .po files in memory when it starts.
+messages: $(STAMP)
+	mkdir -p build
+	$(VENV)/bin/pybabel extract -F babel.cfg -k N_ --no-location --omit-header -o build/messages.pot .
+	$(VENV)/bin/pybabel update -i build/messages.pot -d tracker/locale -D messages --width 100
 
 bench: $(STAMP)
 	$(PY) run.py bench

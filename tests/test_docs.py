@@ -46,3 +46,17 @@ def test_the_rendered_template_is_valid_json_for_uis_values() -> None:
     for event in catalogue.EVENTS:
         body = catalogue.render(catalogue.template_body(event), {"call_session_id": 1})
         assert json.loads(body)["event"] == event
+
+
+README_RU = (ROOT / "README.ru.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("event", catalogue.EVENTS)
+def test_the_russian_quick_start_gives_the_exact_template_for_each_event(event: str) -> None:
+    assert catalogue.template_body(event) in README_RU
+
+
+def test_the_russian_quick_start_gives_the_two_commands_activation_and_troubleshooting() -> None:
+    for text in ("make demo", "make test", "run.py activate", "## Если что-то не работает"):
+        assert text in README_RU
+    assert "README.ru.md" in README

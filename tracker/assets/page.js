@@ -5,6 +5,9 @@
   const body = document.body;
   const status = document.getElementById("live-status");
   let updates = 0;
+  // The words come from the page (the server translated them): data-text-* on #live-status.
+  const words = status ? status.dataset : {};
+  const say = (key, fallback) => words["text" + key] || fallback;
 
   function show(state, text) {
     if (status) {
@@ -31,12 +34,12 @@
 
   const url = body.dataset.liveUrl;
   if (url && "EventSource" in window) {
-    show("connecting", "connecting…");
+    show("connecting", say("Connecting", "connecting…"));
     const source = new EventSource(url);
-    source.addEventListener("open", () => show("live", "live"));
+    source.addEventListener("open", () => show("live", say("Live", "live")));
     source.addEventListener("update", (event) => {
       apply(JSON.parse(event.data));
-      show("live", "live");
+      show("live", say("Live", "live"));
     });
     source.addEventListener("problem", (event) => show("down", JSON.parse(event.data).message));
     source.addEventListener("denied", () => {
@@ -44,7 +47,8 @@
       window.location.assign("/login?next=" + encodeURIComponent(location.pathname + location.search));
     });
     source.addEventListener("error", () => {
-      show("down", source.readyState === EventSource.CLOSED ? "disconnected" : "reconnecting…");
+      show("down", source.readyState === EventSource.CLOSED ? say("Disconnected", "disconnected")
+                                                            : say("Reconnecting", "reconnecting…"));
     });
   }
 
@@ -52,18 +56,18 @@
     const button = event.target.closest("button[data-retry]");
     if (!button) return;
     button.disabled = true;
-    button.textContent = "Retrying…";
+    button.textContent = say("Retrying", "Retrying…");
     try {
-      const response = await fetch("/outbox/" + encodeURIComponent(button.dataset.retry) + "/retry", {
+      const response = await fetch("/outbox/" + encodeURIComponent(button.dataset.retry) + "/retry?lang=" + encodeURIComponent(body.dataset.lang || "en"), {
         method: "POST",
         credentials: "same-origin",
         headers: {"X-Requested-By": "tracker"},
       });
       const answer = await response.json();
-      button.textContent = response.ok ? "Queued" : (answer.message || "Failed");
+      button.textContent = response.ok ? say("Queued", "Queued") : (answer.message || say("Failed", "Failed"));
       button.dataset.outcome = response.ok ? "queued" : "failed";
     } catch (error) {
-      button.textContent = "Failed: " + error;
+      button.textContent = say("Failed", "Failed") + ": " + error;
       button.disabled = false;
     }
   });

@@ -253,6 +253,13 @@ def _migration_7(db: sqlite_utils.Database) -> None:
     db.table("page_sessions").create_index(["key_id"])
 
 
+def _migration_8(db: sqlite_utils.Database) -> None:
+    """Issue 16: the status page's pictures of the day read today's and last week's calls by
+    start time, and each missed call's next answered call with the same number."""
+    db.table("calls").create_index(["started_at"])
+    db.table("calls").create_index(["contact_phone", "started_at"])
+
+
 MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5,
-              _migration_6, _migration_7]
+              _migration_6, _migration_7, _migration_8]
 

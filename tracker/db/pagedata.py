@@ -13,7 +13,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
@@ -21,10 +21,12 @@ from zoneinfo import ZoneInfo
 import trio
 
 from tracker.core import phones
+from tracker.core.formatting import N_
 
 T = TypeVar("T")
 
-STATUS_PARTS = ("counters", "board", "outbox", "recent", "warnings", "requests", "chart")
+STATUS_PARTS = ("counters", "board", "pictures", "outbox", "recent", "warnings", "requests",
+                "chart")
 CALL_PARTS = ("callhead", "timeline")
 DIRECTIONS = ("in", "out")
 BOARD_LIMIT = 50  # calls shown per state in "in progress"
@@ -33,8 +35,24 @@ QUERY_SECONDS = 2.0  # a page query running longer is interrupted
 _READERS = trio.CapacityLimiter(2)  # page reads in flight at once, whatever the number of viewers
 
 
+NAME_WINDOW = 5000  # the newest notifications read for employee names UIS sent
+CALLBACK_HORIZON = 2 * 86400  # a missed call returned later than this counts as not returned
+
+
 class QueryTooSlow(Exception):
     """A page query hit ``QUERY_SECONDS``."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One ignored filter: ``text`` is a catalogue message (``%(name)s`` from ``params``)."""
+
+    name: str  # the filter's field
+    text: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.text % self.params if self.params else self.text}"
 
 
 @dataclass(frozen=True)
@@ -49,7 +67,7 @@ class Filters:
     until: float | None = None
     limit: int = DEFAULT_LIMIT
     given: Mapping[str, str] = field(default_factory=dict)  # as typed, to refill the form
-    problems: tuple[str, ...] = ()
+    problems: tuple[Problem, ...] = ()
 
     @property
     def active(self) -> bool:
@@ -62,23 +80,24 @@ def parse_filters(args: Mapping[str, str], states: tuple[str, ...], tz: ZoneInfo
     """Read ``state``, ``direction``, ``employee``, ``phone``, ``since``, ``until``, ``limit``."""
     given = {k: str(args.get(k, "")).strip()[:100]
              for k in ("state", "direction", "employee", "phone", "since", "until", "limit")}
-    problems: list[str] = []
+    problems: list[Problem] = []
     values: dict[str, Any] = {}
     if given["state"]:
         if given["state"] in states:
             values["state"] = given["state"]
         else:
-            problems.append(f"state: unknown state {given['state']!r}")
+            problems.append(Problem("state", N_("unknown state %(value)s"),
+                                    {"value": repr(given["state"])}))
     if given["direction"]:
         if given["direction"] in DIRECTIONS:
             values["direction"] = given["direction"]
         else:
-            problems.append("direction: must be in or out")
+            problems.append(Problem("direction", N_("must be in or out")))
     if given["employee"]:
         if given["employee"].isascii() and given["employee"].isdigit():
             values["employee"] = int(given["employee"])
         else:
-            problems.append("employee: must be a UIS employee id (digits)")
+            problems.append(Problem("employee", N_("must be a UIS employee id (digits)")))
     if given["phone"]:
         digits = "".join(ch for ch in given["phone"] if ch.isascii() and ch.isdigit())
         full = phones.to_digits(given["phone"], region) if len(digits) >= 10 else None
@@ -87,19 +106,21 @@ def parse_filters(args: Mapping[str, str], states: tuple[str, ...], tz: ZoneInfo
         if digits:
             values["phone"] = digits
         else:
-            problems.append("phone: give some digits of the number")
+            problems.append(Problem("phone", N_("give some digits of the number")))
     for name in ("since", "until"):
         if given[name]:
             moment = _moment(given[name], tz)
             if moment is None:
-                problems.append(f"{name}: expected a date and time like 2024-05-17 14:00")
+                problems.append(Problem(name, N_("expected a date and time like %(example)s"),
+                                        {"example": "2024-05-17 14:00"}))
             else:
                 values[name] = moment
     if given["limit"]:
         if given["limit"].isascii() and given["limit"].isdigit() and int(given["limit"]) > 0:
             values["limit"] = min(int(given["limit"]), MAX_LIMIT)
         else:
-            problems.append(f"limit: must be a number from 1 to {MAX_LIMIT}")
+            problems.append(Problem("limit", N_("must be a number from 1 to %(max)s"),
+                                    {"max": MAX_LIMIT}))
     return Filters(**values, given=given, problems=tuple(problems))
 
 
@@ -207,6 +228,7 @@ def read_overview(conn: sqlite3.Connection, *, filters: Filters, states: tuple[s
         "warnings": _rows(conn, "SELECT * FROM warnings ORDER BY last_at DESC LIMIT 100"),
         "employees": _employees(conn),
         "recent_error": None,
+        "recent_error_seconds": QUERY_SECONDS,
         "recent": [],
     }
     try:
@@ -214,8 +236,15 @@ def read_overview(conn: sqlite3.Connection, *, filters: Filters, states: tuple[s
     except sqlite3.OperationalError as exc:
         if "interrupted" not in str(exc):
             raise
-        data["recent_error"] = (f"The search took over {QUERY_SECONDS:g} s and was stopped: "
-                                "narrow it (a time range, a state).")
+        data["recent_error"] = N_("The search took over %(seconds)s s and was stopped: "
+                                  "narrow it (a time range, a state).")
+    shown = [c["id"] for rows in board.values() for c in rows] + [c["id"] for c in data["recent"]]
+    data["customers"] = _customers(conn, shown)
+    _learn_names(conn, data["employees"])
+    for warning in data["warnings"]:
+        subject = str(warning.get("subject") or "")
+        warning["employee_id"] = (int(subject) if warning.get("kind") == "unmapped_employee"
+                                  and subject.isascii() and subject.isdigit() else None)
     if with_log:
         data["requests"] = _rows(conn, "SELECT * FROM api_requests ORDER BY id DESC LIMIT 20")
     return data
@@ -274,27 +303,10 @@ def read_call(conn: sqlite3.Connection, call_id: int) -> dict[str, Any] | None:
         known = employees.setdefault(uis_id, {"id": uis_id, "code": None})
         known["full_name"] = known.get("full_name") or name
     return {"call": rows[0], "events": events, "outbox": outbox, "timeline": timeline,
-            "employees": employees}
+            "employees": employees, "customers": _customers(conn, [call_id])}
 
 
 # -- formatting helpers for the templates -----------------------------------------------------
-
-def when(timestamp: float | None, tz: ZoneInfo) -> str:
-    if not timestamp:
-        return ""
-    return datetime.fromtimestamp(timestamp, tz).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def ago(seconds: float | None) -> str:
-    """``42 s``, ``3 min``, ``5 h``, ``2 d`` (a duration, rounded down)."""
-    if seconds is None:
-        return ""
-    seconds = max(0.0, seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)} {unit}"
-    return f"{int(seconds)} s"
-
 
 def pretty(text: str | None) -> str:
     """JSON text indented for reading; anything else as it is."""
@@ -315,17 +327,6 @@ def id_list(text: str | None) -> list[int]:
     return [v for v in value if isinstance(v, int)] if isinstance(value, list) else []
 
 
-def employee_label(employees: Mapping[int, Mapping[str, Any]], uis_id: int | None) -> str:
-    """``Анна Иванова · code 101``, ``UIS 101 · code 101`` or ``UIS 13421 (not mapped)``."""
-    if uis_id is None:
-        return ""
-    known = employees.get(uis_id)
-    if known is None or known.get("code") is None:
-        name = known.get("full_name") if known else None
-        return f"{name or f'UIS {uis_id}'} (not mapped)"
-    return f"{known.get('full_name') or f'UIS {uis_id}'} · code {known['code']}"
-
-
 def _names_from(events: list[dict[str, Any]]) -> dict[int, str]:
     """Employee names as UIS sent them in this call's notifications."""
     names: dict[int, str] = {}
@@ -342,3 +343,149 @@ def _names_from(events: list[dict[str, Any]]) -> dict[int, str]:
         if isinstance(uis_id, int) and not isinstance(uis_id, bool):
             names[uis_id] = body["employee_full_name"][:200]
     return names
+
+
+def event_employee(body: str | None) -> int | None:
+    """The UIS employee a notification names (``employee_id``), if any."""
+    try:
+        value = json.loads(body or "{}")
+    except ValueError:
+        return None
+    uis_id = value.get("employee_id") if isinstance(value, dict) else None
+    if isinstance(uis_id, str) and uis_id.isascii() and uis_id.isdigit():
+        uis_id = int(uis_id)
+    return uis_id if isinstance(uis_id, int) and not isinstance(uis_id, bool) else None
+
+
+def _learn_names(conn: sqlite3.Connection, employees: dict[int, dict[str, Any]]) -> None:
+    """Fill in the names of employees the mapping has none for, from the newest notifications
+    (UIS sends ``employee_full_name``): a bounded read of the journal's newest rows."""
+    if employees and all(e.get("full_name") for e in employees.values()):
+        return
+    last = conn.execute("SELECT max(id) FROM events").fetchone()[0] or 0
+    rows = conn.execute(
+        "SELECT json_extract(body, '$.employee_id'), json_extract(body, '$.employee_full_name')"
+        " FROM events WHERE id > ? AND json_valid(body)"
+        " AND json_type(body, '$.employee_full_name') = 'text' ORDER BY id",
+        (last - NAME_WINDOW,)).fetchall()
+    for raw_id, name in rows:  # in id order: the newest name wins
+        uis_id = raw_id if isinstance(raw_id, int) else (
+            int(raw_id) if isinstance(raw_id, str) and raw_id.isascii() and raw_id.isdigit()
+            else None)
+        if uis_id is None or not name:
+            continue
+        known = employees.setdefault(uis_id, {"id": uis_id, "code": None, "full_name": None})
+        if not known.get("full_name") or known.get("learned"):
+            known["full_name"], known["learned"] = str(name)[:200], True
+
+
+def _customers(conn: sqlite3.Connection, call_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """The retailCRM customer of each call, as the routing look-up (``telephony/manager`` with
+    ``details``) returned it and journaled it on the call (event ``route``): name and link."""
+    found: dict[int, dict[str, Any]] = {}
+    for start in range(0, len(call_ids), 500):
+        chunk = call_ids[start:start + 500]
+        marks = ",".join("?" * len(chunk))
+        rows = conn.execute(
+            f"SELECT call_id, json_extract(body, '$.customer.name'),"
+            f" json_extract(body, '$.customer.link') FROM events"
+            f" WHERE call_id IN ({marks}) AND event = 'route' AND json_valid(body)"
+            f" ORDER BY id", chunk).fetchall()
+        for call_id, name, link in rows:
+            if name:
+                safe = link if isinstance(link, str) and link.startswith(("https://", "http://")) \
+                    else None
+                found[call_id] = {"name": str(name)[:200], "link": safe}
+    return found
+
+
+# -- the pictures of the day ------------------------------------------------------------------
+
+def read_day(conn: sqlite3.Connection, *, tz: ZoneInfo, now: float) -> dict[str, Any]:
+    """Today's calls against the same weekday last week, for the status page's pictures."""
+    midnight = datetime.fromtimestamp(now, tz).replace(hour=0, minute=0, second=0, microsecond=0)
+    start = midnight.timestamp()
+    week_ago = (midnight - timedelta(days=7)).timestamp()  # a DST change moves it by an hour
+    week_ago_end = (midnight - timedelta(days=6)).timestamp()
+    columns = ("id, state, direction, contact_phone, started_at, finished_at, wait_seconds,"
+               " talk_seconds, talked, talked_employee_id, rang")
+    today = _rows(conn, f"SELECT {columns} FROM calls WHERE started_at >= ? AND started_at < ?",
+                  (start, now + 1))
+    before = conn.execute("SELECT started_at FROM calls WHERE started_at >= ? AND started_at < ?",
+                          (week_ago, week_ago_end)).fetchall()
+    hours = datetime.fromtimestamp(now, tz).hour + 1
+
+    def hour_of(timestamp: float) -> int:
+        return datetime.fromtimestamp(timestamp, tz).hour
+
+    per_hour = [0] * 24
+    for call in today:
+        per_hour[hour_of(call["started_at"])] += 1
+    last_week = [0] * 24
+    for (started,) in before:
+        last_week[hour_of(started)] += 1
+    inbound = [c for c in today if c["direction"] == "in" and c["state"] in ("ended", "lost")]
+    missed = [c for c in inbound if not _answered(c)]
+    waits = sorted(c["wait_seconds"] for c in inbound
+                   if _answered(c) and c["wait_seconds"] is not None)
+    people: dict[int, dict[str, int]] = {}
+    for call in today:
+        if call["talked_employee_id"] is not None and _answered(call):
+            people.setdefault(call["talked_employee_id"], {"answered": 0, "missed": 0})[
+                "answered"] += 1
+        if call["state"] == "lost":
+            for uis_id in id_list(call["rang"]):
+                people.setdefault(uis_id, {"answered": 0, "missed": 0})["missed"] += 1
+    return {
+        "hours": hours,
+        "per_hour": per_hour,
+        "last_week": last_week,
+        "week_ago": week_ago,
+        "inbound": len(inbound),
+        "missed": len(missed),
+        "median_wait": _median(waits),
+        "waits": len(waits),
+        "people": dict(sorted(people.items(), key=lambda kv: -sum(kv[1].values()))),
+        "callbacks": _callbacks(conn, missed, now),
+    }
+
+
+def _answered(call: Mapping[str, Any]) -> bool:
+    return call["state"] == "ended" or bool(call["talked"]) or bool(call["talk_seconds"])
+
+
+def _median(values: list[int]) -> float | None:
+    if not values:
+        return None
+    middle = len(values) // 2
+    return float(values[middle]) if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
+
+
+CALLBACK_BUCKETS = ((300, "5min"), (1800, "30min"), (7200, "2h"), (CALLBACK_HORIZON, "later"))
+
+
+def _callbacks(conn: sqlite3.Connection, missed: list[dict[str, Any]],
+               now: float) -> dict[str, Any]:
+    """How long each missed inbound call of today waited to be returned: the next answered
+    call with the same number, in either direction (computed from ``calls``; the CRM tasks of
+    missed calls are another source and not read here)."""
+    delays: list[float] = []
+    open_calls = 0
+    for call in missed:
+        if not call["contact_phone"]:
+            continue
+        end = call["finished_at"] or call["started_at"]
+        row = conn.execute(
+            "SELECT min(started_at) FROM calls WHERE contact_phone = ? AND started_at > ?"
+            " AND started_at < ? AND (state = 'ended' OR talked = 1 OR talk_seconds > 0)",
+            (call["contact_phone"], call["started_at"], end + CALLBACK_HORIZON)).fetchone()
+        if row[0] is None:
+            open_calls += 1
+        else:
+            delays.append(max(0.0, row[0] - end))
+    buckets = {name: 0 for _, name in CALLBACK_BUCKETS}
+    for delay in delays:
+        name = next(n for limit, n in CALLBACK_BUCKETS if delay < limit or n == "later")
+        buckets[name] += 1
+    return {"returned": len(delays), "waiting": open_calls, "buckets": buckets,
+            "median": _median(sorted(int(d) for d in delays))}

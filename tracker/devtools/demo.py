@@ -17,8 +17,8 @@ import trio
 from tracker import config, service
 from tracker.core.notifications import WEBHOOK_PREFIX
 from tracker.db import keys
-from tracker.simulators import CrmSimulator, Scenario, UisSimulator
-from tracker.simulators.scenarios import random_scenario
+from tracker.simulators import CrmSimulator, UisSimulator
+from tracker.simulators.scenarios import Scenario, offsets, random_scenario
 from tracker.web.httpserve import serve_app
 
 log = logging.getLogger(__name__)
@@ -104,18 +104,36 @@ async def _generate(uis: UisSimulator, webhook: str, calls_per_minute: float) ->
     rng = random.Random()
     employees = [(u, n) for u, n, _, _ in _EMPLOYEES]
     session_id = 4_000_000_000 + rng.randrange(1_000_000) * 1000
+    missed: list[str] = []  # numbers of lost calls: some get called back, as in real life
     async with httpx.AsyncClient(timeout=10) as client, trio.open_nursery() as calls:
         while True:
             session_id += 1
-            scenario = random_scenario(rng, session_id, employees, start=uis.now(),
-                                       media_url=uis.media_url)
-            calls.start_soon(_play, uis, scenario, webhook, client, rng.uniform(0.8, 2.5))
+            if missed and rng.random() < 0.35:
+                scenario = random_scenario(rng, session_id, employees, start=uis.now(),
+                                           media_url=uis.media_url, contact=missed.pop(0),
+                                           weights={"outbound_answered": 1})
+            else:
+                scenario = random_scenario(rng, session_id, employees, start=uis.now(),
+                                           media_url=uis.media_url)
+            if scenario.report["is_lost"] and scenario.direction == "in":
+                missed = [*missed, scenario.contact_phone_number][-20:]
+            calls.start_soon(_play, uis, scenario, webhook, client)
             await trio.sleep(rng.expovariate(calls_per_minute / 60.0))
 
 
-async def _play(uis: UisSimulator, scenario: Scenario, webhook: str, client: httpx.AsyncClient,
-                gap: float) -> None:
+async def _play(uis: UisSimulator, scenario: Scenario, webhook: str,
+                client: httpx.AsyncClient) -> None:
+    """Send each notification when it would really come: a call shown talking for 5 s has
+    talked for 5 s, and its talk time, when it ends, is the time it was seen talking."""
+    began = trio.current_time()
+    uis.register(scenario, finished=False)
     try:
-        await uis.play(scenario, webhook, client, gap_seconds=gap)
+        for notification, offset in zip(scenario.notifications, offsets(scenario), strict=True):
+            await trio.sleep_until(began + offset)
+            if notification.event == "call_finished":
+                uis.mark_finished(scenario.session_id)
+            await uis.send_notification(notification, webhook, client)
     except httpx.HTTPError as exc:
-        log.warning("demo call %s: %r", getattr(scenario, "session_id", "?"), exc)
+        log.warning("demo call %s: %r", scenario.session_id, exc)
+    finally:
+        uis.mark_finished(scenario.session_id)

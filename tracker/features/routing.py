@@ -152,6 +152,8 @@ class Router:
         self._settings = ctx.settings.routing
         # normalised caller -> (expires at, trio clock; retailCRM's manager or None)
         self._cache: OrderedDict[str, tuple[float, Mapping[str, Any] | None]] = OrderedDict()
+        # normalised caller -> the customer retailCRM named with it (shown on the status page)
+        self._customers: OrderedDict[str, dict[str, str | None]] = OrderedDict()
 
     async def route(self, fields: Mapping[str, Any], *, method: str = "GET",
                     problem: str | None = None) -> Decision:
@@ -174,7 +176,8 @@ class Router:
         else:
             decision, source = await self._decide(caller, deadline)
         elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
-        self._record(fields, decision, caller, source, elapsed_ms, method)
+        customer = self._customers.get(caller) if caller else None
+        self._record(fields, decision, caller, source, elapsed_ms, method, customer)
         log.info("routing answer %s: %s (%s ms)", json.dumps(decision.answer), decision.reason,
                  elapsed_ms)
         return decision
@@ -208,6 +211,12 @@ class Router:
             caller, ignore_status=self._settings.ignore_status)
         manager = answer.body.get("manager")
         manager = manager if isinstance(manager, dict) and manager else None
+        customer = customer_summary(answer.body, self._ctx.settings.crm.url)
+        if customer is not None:
+            self._customers[caller] = customer
+            self._customers.move_to_end(caller)
+            if len(self._customers) > CACHE_MAX_ENTRIES:
+                self._customers.popitem(last=False)
         if self._settings.cache_seconds > 0:
             self._cache[caller] = (trio.current_time() + self._settings.cache_seconds, manager)
             self._cache.move_to_end(caller)
@@ -216,7 +225,8 @@ class Router:
         return manager, "crm"
 
     def _record(self, fields: Mapping[str, Any], decision: Decision, caller: str | None,
-                source: str | None, elapsed_ms: float, method: str) -> None:
+                source: str | None, elapsed_ms: float, method: str,
+                customer: Mapping[str, str | None] | None = None) -> None:
         """Journal the decision (and open the routed manager's card) in one transaction."""
         store = self._ctx.store
         session_id = _session_id(fields.get("call_session_id"))
@@ -225,7 +235,7 @@ class Router:
             "caller": caller, "numb": _text(fields.get("numb")) or None,
             "manager": _manager_summary(decision.manager),
             "employee_id": decision.employee.uis_id if decision.employee else None,
-            "source": source, "ms": elapsed_ms,
+            "source": source, "ms": elapsed_ms, "customer": customer,
         }
         now = time.time()
         try:
@@ -268,6 +278,26 @@ def _text(value: Any) -> str:
 def _session_id(value: Any) -> int | None:
     text = _text(value)
     return int(text) if _DIGITS.fullmatch(text) else None
+
+
+def customer_summary(body: Mapping[str, Any], crm_url: str) -> dict[str, str | None] | None:
+    """The caller's name and card link from a ``telephony/manager`` answer with ``details``
+    (``customer`` and ``links.customerLink``; a path is resolved against ``crm.url``)."""
+    customer = body.get("customer")
+    if not isinstance(customer, dict):
+        return None
+    parts = [customer.get(k) for k in ("lastName", "firstName", "patronymic")]
+    name = " ".join(str(p).strip() for p in parts if isinstance(p, str) and p.strip()) \
+        or (customer.get("nickName") if isinstance(customer.get("nickName"), str) else "")
+    if not name:
+        return None
+    links = body.get("links")
+    link = links.get("customerLink") if isinstance(links, dict) else None
+    if isinstance(link, str) and link.startswith("/"):
+        link = crm_url.rstrip("/") + link
+    if not (isinstance(link, str) and link.startswith(("https://", "http://"))):
+        link = None
+    return {"name": name[:200], "link": link[:500] if link else None}
 
 
 def _manager_summary(manager: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -13,6 +13,8 @@ not found``), key (401 ``"apiKey" is missing.``, 403 ``Wrong "apiKey" value.``),
 ``Errors in the entity format`` with ``errors``: a JSON body, a missing field, a field that is
 not JSON of the right type, an invalid value). A whole upload is refused if one item is invalid.
 
+``telephony/manager`` with ``details=1`` adds ``customer`` and ``links`` for a number in
+``phone_customers``.
 ``telephony/manager`` for an unknown phone answers ``{"success": true}`` without ``manager``; so
 does it for a manager whose ``user_statuses`` entry is not ``free`` unless ``ignoreStatus=1`` (the
 likely reading of ``ignoreStatus``; unconfirmed).
@@ -111,6 +113,8 @@ class CrmSimulator:
         self.telephony_settings: dict[str, dict[str, Any]] = {}
         self.user_statuses: dict[int, str] = {}
         self.managers: dict[str, dict[str, Any]] = {}  # "+79991234567" -> manager object
+        # "+79991234567" -> the customer object ``telephony/manager`` returns with ``details``
+        self.phone_customers: dict[str, dict[str, Any]] = {}
         self.hanging = 0
         self.answer_delay_seconds = 0.0
         self.ignore_external_ids: set[str] = set()
@@ -408,7 +412,17 @@ class CrmSimulator:
         if manager is not None and query.get("ignoreStatus") not in ("1", "true") \
                 and self.user_statuses.get(int(manager.get("id") or 0), "free") != "free":
             manager = None  # retailCRM names a manager who is not free only with ignoreStatus=1
-        return 200, {"success": True} if manager is None else {"success": True, "manager": manager}
+        answer: dict[str, Any] = {"success": True}
+        if manager is not None:
+            answer["manager"] = manager
+        customer = self.phone_customers.get("+" + digits)
+        if customer is not None and query.get("details") in ("1", "true"):
+            # retailCRM adds the caller's card and links to it (whether customerLink is
+            # absolute is unconfirmed: the simulator gives a path, tracker accepts either).
+            answer["customer"] = customer
+            answer["links"] = {"customerLink": f"/customers/{customer.get('id')}",
+                               "newOrderLink": f"/orders/add?customerId={customer.get('id')}"}
+        return 200, answer
 
 
 def _call_problems(item: Any, sites: set[str] | None) -> dict[str, str]:

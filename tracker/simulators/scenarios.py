@@ -346,10 +346,12 @@ KIND_WEIGHTS: dict[str, int] = {
 def random_scenario(rng: random.Random, session_id: int, employees: Sequence[Employee], *,
                     start: datetime, virtual: str = DEFAULT_VIRTUAL,
                     media_url: str = DEFAULT_MEDIA_URL,
-                    weights: dict[str, int] | None = None) -> Scenario:
+                    weights: dict[str, int] | None = None,
+                    contact: str | None = None) -> Scenario:
     """A scenario of a kind drawn by ``weights`` (default :data:`KIND_WEIGHTS`), with random
-    contact, durations and employees; reproducible for a seeded ``rng``. Needs two employees
-    at least for the ring group and transfer kinds (others are drawn otherwise)."""
+    contact (or ``contact``), durations and employees; reproducible for a seeded ``rng``.
+    Needs two employees at least for the ring group and transfer kinds (others are drawn
+    otherwise)."""
     table = dict(weights or KIND_WEIGHTS)
     if len(employees) < 2:
         for kind in ("ring_group_answered", "ring_group_lost", "transfer"):
@@ -357,8 +359,11 @@ def random_scenario(rng: random.Random, session_id: int, employees: Sequence[Emp
     if not employees:
         table = {"lost_in_ivr": 1}
     kind = rng.choices(list(table), weights=list(table.values()))[0]
-    contact = "79" + "".join(rng.choice("0123456789") for _ in range(9))
-    talk, wait = rng.randint(5, 600), rng.randint(2, 30)
+    drawn = "79" + "".join(rng.choice("0123456789") for _ in range(9))
+    contact = contact or drawn  # drawn either way: a seeded rng gives the same durations
+    # Durations as a sales line has them: most talks last a minute or two, few pass ten.
+    talk = min(900, max(5, round(rng.lognormvariate(4.1, 0.8))))
+    wait = min(60, max(2, round(rng.lognormvariate(2.2, 0.6))))
     common: dict[str, Any] = {"start": start, "contact": contact, "virtual": virtual}
     if kind == "answered":
         return answered(session_id, employee=rng.choice(employees), wait_seconds=wait,
@@ -381,3 +386,11 @@ def random_scenario(rng: random.Random, session_id: int, employees: Sequence[Emp
     return outbound(session_id, employee=rng.choice(employees),
                     answered=kind == "outbound_answered", wait_seconds=wait, talk_seconds=talk,
                     media_url=media_url, **common)
+
+
+def offsets(scenario: Scenario) -> list[float]:
+    """Each notification's moment, in seconds after the first one's ``notification_time``
+    (what a player needs to send them when they would really happen)."""
+    stamps = [datetime.strptime(n.values["notification_time"], "%Y-%m-%d %H:%M:%S.%f")
+              for n in scenario.notifications]
+    return [(s - stamps[0]).total_seconds() for s in stamps] if stamps else []

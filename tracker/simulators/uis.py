@@ -25,6 +25,7 @@ import copy
 import json
 import logging
 import math
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, fields
@@ -251,7 +252,7 @@ class UisSimulator:
             scenario = self.sessions.get(communication_id)
             if scenario is None or record not in self._records(scenario):
                 return Response("Not found", status=404)
-            return Response(b"RIFF\x24\x00\x00\x00WAVEfmt ", content_type="audio/wav")
+            return Response(_SILENCE, content_type="audio/wav")
 
         return app
 
@@ -449,3 +450,14 @@ def _employee(entry: dict[str, Any]) -> dict[str, Any]:
 
 def _error(request_id: Any, exc: RpcError) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": request_id, "error": exc.payload()}
+
+
+def _silent_wav(seconds: float = 2.0, rate: int = 8000) -> bytes:
+    """A valid WAV of silence (8-bit mono PCM), so that a browser's player can play it."""
+    frames = int(seconds * rate)
+    header = b"RIFF" + struct.pack("<I", 36 + frames) + b"WAVEfmt " + struct.pack(
+        "<IHHIIHH", 16, 1, 1, rate, rate, 1, 8) + b"data" + struct.pack("<I", frames)
+    return header + b"\x80" * frames
+
+
+_SILENCE = _silent_wav()

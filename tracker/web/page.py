@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -27,10 +28,11 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from tracker.context import Context
-from tracker.core import statecharts
+from tracker.core import formatting, statecharts
+from tracker.core.formatting import N_
 from tracker.db import keys, pagedata, sessions
 from tracker.delivery.dispatcher import OutboxStatistics
-from tracker.web import failures
+from tracker.web import failures, i18n, labels, pictures
 from tracker.web.responses import error_response, json_response
 
 log = logging.getLogger(__name__)
@@ -38,11 +40,16 @@ log = logging.getLogger(__name__)
 COOKIE = "tracker_session"  # a session id (db/sessions.py), never the key itself
 ACTION_HEADER = "X-Requested-By"  # value "tracker"; a cross-site form cannot set a header
 KEEPALIVE_SECONDS = 15.0
+PICTURE_SECONDS = 5.0  # how stale the pictures of the day may be
 RETRY_MILLISECONDS = 2000  # how soon a browser reconnects a stream that ended
+# Recordings play from UIS's servers (media-src: any https origin, and the origin of
+# ``uis.media_url`` even over http, as in the demo); the page itself loads nothing else.
 _CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "media-src 'self' https: {media}; "
         "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 _ASSETS = resources.files("tracker") / "assets"
 _STATIC = {"page.css": "text/css; charset=utf-8", "page.js": "text/javascript; charset=utf-8"}
+LANGUAGE_NAMES = {"ru": "Русский", "en": "English"}  # each in its own language
 _BROWSER_ENDPOINTS = {"status_page", "call_timeline", "live_stream", "retry_dead_letter",
                       "login_form", "login", "logout", "static_file", "logo"}
 
@@ -58,21 +65,38 @@ class Viewer:
     session: bool = False  # token is a session id (the cookie), not a key
 
 
-def _environment(ctx: Context) -> jinja2.Environment:
+def _environment(ctx: Context, lang: str) -> jinja2.Environment:
+    """The templates in one language: each language has its own environment, because Jinja's
+    i18n extension installs the translations on the environment."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(_ASSETS)),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        extensions=["jinja2.ext.i18n"],
     )
-    env.filters["when"] = partial(pagedata.when, tz=ctx.tz)
-    env.filters["ago"] = pagedata.ago
+    env.install_gettext_translations(i18n.translations(lang), newstyle=True)  # type: ignore[attr-defined]
+    tz, region = ctx.tz, ctx.settings.crm.phone_region
+    env.filters["when"] = partial(formatting.moment, tz=tz, lang=lang)
+    env.filters["clock"] = partial(formatting.clock, tz=tz, lang=lang)
+    env.filters["ago"] = partial(formatting.duration, lang=lang)
+    env.filters["num"] = partial(formatting.number, lang=lang)
+    env.filters["pct"] = partial(formatting.percent, lang=lang)
+    env.filters["phone"] = partial(formatting.phone, region=region)
     env.filters["pretty"] = pagedata.pretty
     env.filters["ids"] = pagedata.id_list
-    env.globals["employee"] = pagedata.employee_label
+    env.filters["event_employee"] = pagedata.event_employee
+    env.globals["lang"] = lang
+    env.globals["languages"] = LANGUAGE_NAMES
+    env.globals["employee"] = partial(labels.employee, lang)
+    env.globals["person"] = partial(labels.person, lang)
+    env.globals["label"] = partial(labels.label, lang)
+    env.globals["raw"] = labels.raw
     env.globals["transitions"] = _transition_rows(ctx.chart)
     env.globals["chart_text"] = statecharts.mermaid(ctx.chart)
+    env.globals["chart_svg"] = partial(pictures.statechart, ctx.chart, lang)
+    env.globals["picture"] = partial(pictures.render, lang)
     return env
 
 
@@ -89,7 +113,8 @@ def _transition_rows(chart: statecharts.Chart) -> list[dict[str, str]]:
 
 def register(app: QuartTrio, ctx: Context) -> None:
     """Add the status page's routes to ``app``."""
-    env = _environment(ctx)
+    envs = {lang: _environment(ctx, lang) for lang in formatting.LANGUAGES}
+    csp = _csp(ctx.settings.uis.media_url)
     static = {name: (_ASSETS / name).read_bytes() for name in _STATIC}
     outbox_stats = _PerVersion(ctx.outbox.statistics, lambda: ctx.live.version)
 
@@ -116,6 +141,25 @@ def register(app: QuartTrio, ctx: Context) -> None:
             return Viewer(keys.LOOPBACK.name, None, can_retry=True, can_read_log=True)
         return None
 
+    def language() -> tuple[str, bool]:
+        """This request's language, and whether ``?lang`` chose it (then it is remembered)."""
+        return i18n.from_request(ctx.settings.ui.language, request.args, request.cookies,
+                                 request.headers.get("Accept-Language"))
+
+    def page(template: str, data: dict[str, Any], status: int = 200) -> Response:
+        lang, chosen = language()
+        response = _html(envs[lang].get_template(template).render(data), status)
+        response.headers["Content-Security-Policy"] = csp
+        response.headers["Content-Language"] = lang
+        response.headers["Vary"] = "Accept-Language, Cookie"
+        if chosen:
+            response.set_cookie(i18n.COOKIE, lang, max_age=i18n.COOKIE_SECONDS, path="/",
+                                samesite="Lax", httponly=True)
+        return response
+
+    def error(status: int, code: str, message: str, **params: object) -> Response:
+        return error_response(status, code, i18n.text(language()[0], message, **params))
+
     def still_allowed(viewer: Viewer) -> bool:
         if viewer.token is None:
             return True
@@ -132,10 +176,25 @@ def register(app: QuartTrio, ctx: Context) -> None:
         counts = app.extensions.get("tracker.failures")  # web/failures.py
         data.update(viewer=viewer, filters=filters, outbox=outbox_stats.get(),
                     live=ctx.live.statistics(), uptime=now - ctx.lifecycle.started_at,
-                    failures=counts() if counts is not None else None)
+                    failures=counts() if counts is not None else None,
+                    day=await day_pictures(now))
         return data
 
-    async def status_parts(viewer: Viewer, filters: pagedata.Filters) -> dict[str, str]:
+    day_cache: dict[str, Any] = {"at": None, "value": None}
+
+    async def day_pictures(now: float) -> dict[str, Any]:
+        """Today's pictures are computed at most every ``PICTURE_SECONDS``, however many
+        changes are pushed (they read the whole day's calls)."""
+        if day_cache["at"] is None or now - day_cache["at"] >= PICTURE_SECONDS \
+                or now < day_cache["at"]:
+            day_cache["value"] = await pagedata.read(ctx.settings.database.path, partial(
+                pagedata.read_day, tz=ctx.tz, now=now))
+            day_cache["at"] = now
+        value: dict[str, Any] = day_cache["value"]
+        return value
+
+    async def status_parts(viewer: Viewer, filters: pagedata.Filters,
+                           env: jinja2.Environment) -> dict[str, str]:
         data = await overview(viewer, filters)
         return {part: env.get_template(f"parts/{part}.html").render(data)
                 for part in pagedata.STATUS_PARTS if part != "requests" or viewer.can_read_log}
@@ -147,7 +206,8 @@ def register(app: QuartTrio, ctx: Context) -> None:
             data.update(viewer=viewer, now=time.time())
         return data
 
-    async def call_parts(viewer: Viewer, call_id: int) -> dict[str, str]:
+    async def call_parts(viewer: Viewer, call_id: int,
+                         env: jinja2.Environment) -> dict[str, str]:
         data = await call_data(viewer, call_id)
         if data is None:
             return {}
@@ -165,7 +225,7 @@ def register(app: QuartTrio, ctx: Context) -> None:
 
     @app.errorhandler(pagedata.QueryTooSlow)
     async def too_slow(exc: pagedata.QueryTooSlow) -> Response:
-        return _html(env.get_template("busy.html").render(message=str(exc), viewer=None), 503)
+        return page("busy.html", {"seconds": pagedata.QUERY_SECONDS, "viewer": None}, 503)
 
     @app.route("/")
     async def status_page() -> Response:
@@ -176,8 +236,10 @@ def register(app: QuartTrio, ctx: Context) -> None:
                                          ctx.settings.crm.phone_region)
         data = await overview(viewer, filters)
         query = urlencode({k: v for k, v in filters.given.items() if v})
-        data["live_url"] = "/live?" + query if query else "/live"
-        return _html(env.get_template("status.html").render(data))
+        data["live_url"] = "/live?" + urlencode({**{k: v for k, v in filters.given.items()
+                                                     if v}, "lang": language()[0]})
+        data["page_url"] = "/?" + query + "&" if query else "/?"
+        return page("status.html", data)
 
     @app.route("/calls/<int:call_id>")
     async def call_timeline(call_id: int) -> Response:
@@ -185,35 +247,38 @@ def register(app: QuartTrio, ctx: Context) -> None:
                       or request.accept_mimetypes.best == "application/json")
         viewer = current_viewer()
         if viewer is None:
-            return error_response(401, "unauthorized", "log in with a key") if wants_json \
+            return error(401, "unauthorized", N_("log in with a key")) if wants_json \
                 else _login_redirect()
         data = await call_data(viewer, call_id) if _fits(call_id) else None
         if data is None:
             if wants_json:
-                return error_response(404, "not_found", f"no call {call_id}")
-            return _html(env.get_template("missing.html").render(call_id=call_id,
-                                                                 viewer=viewer), 404)
+                return error(404, "not_found", N_("no call %(id)s"), id=call_id)
+            return page("missing.html", {"call_id": call_id, "viewer": viewer}, 404)
         if wants_json:
             return json_response({"call": data["call"], "events": data["events"],
                           "outbox": data["outbox"]})
-        return _html(env.get_template("call.html").render(data))
+        data["page_url"] = f"/calls/{call_id}?"
+        return page("call.html", data)
 
     @app.route("/live")
     async def live_stream() -> Response:
         viewer = current_viewer()
         if viewer is None:
-            return error_response(401, "unauthorized", "log in with a key")
+            return error(401, "unauthorized", N_("log in with a key"))
+        env = envs[language()[0]]
         call_id = request.args.get("call", type=int)
         render: Callable[[], Awaitable[dict[str, str]]]
         if call_id is not None and not _fits(call_id):
             return error_response(404, "not_found", "no such call")
         if call_id is not None:
-            render = partial(call_parts, viewer, call_id)
+            render = partial(call_parts, viewer, call_id, env)
         else:
             filters = pagedata.parse_filters(request.args, ctx.chart.states, ctx.tz,
                                              ctx.settings.crm.phone_region)
-            render = partial(status_parts, viewer, filters)
-        response = Response(_stream(ctx, render, partial(still_allowed, viewer)),
+            render = partial(status_parts, viewer, filters, env)
+        busy = i18n.text(language()[0], N_("the query took over %(seconds)s s"),
+                         seconds=formatting.number(pagedata.QUERY_SECONDS, language()[0]))
+        response = Response(_stream(ctx, render, partial(still_allowed, viewer), busy),
                             content_type="text/event-stream; charset=utf-8")
         response.headers["Cache-Control"] = "no-store"
         response.headers["X-Accel-Buffering"] = "no"  # nginx: pass events through at once
@@ -225,14 +290,14 @@ def register(app: QuartTrio, ctx: Context) -> None:
         started = time.perf_counter()
         viewer = current_viewer()
         if viewer is None:
-            return error_response(401, "unauthorized", "log in with a key")
+            return error(401, "unauthorized", N_("log in with a key"))
         if not viewer.can_retry:
-            return error_response(403, "forbidden", "this key lacks outbox:write")
+            return error(403, "forbidden", N_("this key lacks outbox:write"))
         if request.headers.get(ACTION_HEADER) != "tracker" or not same_origin():
-            return error_response(403, "cross_site", f"send the {ACTION_HEADER} header from the "
-                               "status page")
+            return error(403, "cross_site", N_("send the %(header)s header from the status page"),
+                         header=ACTION_HEADER)
         if not _fits(row_id):
-            return error_response(404, "not_found", f"no outbox row {row_id}")
+            return error(404, "not_found", N_("no outbox row %(id)s"), id=row_id)
         with ctx.store.transaction():
             done = ctx.store.retry_dead([row_id], time.time()).requeued
             ctx.store.log_request(
@@ -240,7 +305,7 @@ def register(app: QuartTrio, ctx: Context) -> None:
                 outcome="ok" if done else "not_dead", status=200 if done else 409,
                 key_name=viewer.name, duration_ms=(time.perf_counter() - started) * 1000)
         if not done:
-            return error_response(409, "not_dead", f"outbox row {row_id} is not a dead letter")
+            return error(409, "not_dead", N_("outbox row %(id)s is not a dead letter"), id=row_id)
         log.info("outbox #%d re-queued from the status page by %s", row_id, viewer.name)
         ctx.outbox.wake()
         ctx.live.poke()
@@ -248,24 +313,23 @@ def register(app: QuartTrio, ctx: Context) -> None:
 
     @app.route("/login", methods=["GET"])
     async def login_form() -> Response:
-        return _html(env.get_template("login.html").render(
-            next=_local_path(request.args.get("next")), error=None, viewer=None))
+        return page("login.html", {"next": _local_path(request.args.get("next")),
+                                   "error": None, "viewer": None})
 
     @app.route("/login", methods=["POST"])
     async def login() -> Response:
         form = await request.form
         target = _local_path(form.get("next"))
         if not same_origin():
-            return _html(env.get_template("login.html").render(
-                next=target, error="Log in from this site's own login page.", viewer=None), 403)
+            return page("login.html", {"next": target, "viewer": None, "error": N_(
+                "Log in from this site's own login page.")}, 403)
         token = (form.get("key") or "").strip()
         key = keys.authorize(ctx.store, token, "calls:read")
         if key is None:
             failures.note_failure()
             log.warning("status page: refused a login from %s", failures.caller())
-            return _html(env.get_template("login.html").render(
-                next=target, error="This key is unknown, revoked, or lacks calls:read.",
-                viewer=None), 403)
+            return page("login.html", {"next": target, "viewer": None, "error": N_(
+                "This key is unknown, revoked, or lacks calls:read.")}, 403)
         sessions.close(ctx.store, request.cookies.get(COOKIE))  # a new login, a new id
         response = _redirect(target)
         response.set_cookie(COOKIE, sessions.open_session(ctx.store, key), httponly=True,
@@ -277,7 +341,7 @@ def register(app: QuartTrio, ctx: Context) -> None:
     @app.route("/logout", methods=["POST"])
     async def logout() -> Response:
         if not same_origin():
-            return error_response(403, "cross_site", "log out from the status page")
+            return error(403, "cross_site", N_("log out from the status page"))
         sessions.close(ctx.store, request.cookies.get(COOKIE))
         response = _redirect("/login")
         response.delete_cookie(COOKIE, path="/", httponly=True, samesite="Lax")
@@ -286,7 +350,7 @@ def register(app: QuartTrio, ctx: Context) -> None:
     @app.route("/static/<name>")
     async def static_file(name: str) -> Response:
         if name not in static:
-            return error_response(404, "not_found", "no such file")
+            return error(404, "not_found", N_("no such file"))
         response = Response(static[name], content_type=_STATIC[name])
         response.headers["Cache-Control"] = "no-cache"
         return response
@@ -311,12 +375,12 @@ class _PerVersion:
 
 
 async def _stream(ctx: Context, render: Callable[[], Awaitable[dict[str, str]]],
-                  allowed: Callable[[], bool]) -> AsyncIterator[str]:
+                  allowed: Callable[[], bool], busy: str) -> AsyncIterator[str]:
     """Server-sent events: the fragments now, then after each change, until the daemon stops,
     the subscriber falls behind (the browser reconnects) or its key is revoked."""
     with ctx.live.subscribe() as updates:
         yield f"retry: {RETRY_MILLISECONDS}\n\n"
-        yield await _update(render)
+        yield await _update(render, busy)
         while True:
             changed = False
             try:
@@ -331,14 +395,14 @@ async def _stream(ctx: Context, render: Callable[[], Awaitable[dict[str, str]]],
                 yield _event("denied", {})
                 return
             else:
-                yield await _update(render)
+                yield await _update(render, busy)
 
 
-async def _update(render: Callable[[], Awaitable[dict[str, str]]]) -> str:
+async def _update(render: Callable[[], Awaitable[dict[str, str]]], busy: str) -> str:
     try:
         return _event("update", await render())
-    except pagedata.QueryTooSlow as exc:
-        return _event("problem", {"message": str(exc)})
+    except pagedata.QueryTooSlow:
+        return _event("problem", {"message": busy})
 
 
 def _event(name: str, data: dict[str, str]) -> str:
@@ -346,9 +410,18 @@ def _event(name: str, data: dict[str, str]) -> str:
     return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
+def _csp(media_url: str) -> str:
+    """The page's Content-Security-Policy, letting recordings play from ``media_url``'s origin."""
+    parts = urlsplit(media_url)
+    origin = f"{parts.scheme}://{parts.netloc}"
+    safe = parts.scheme in ("http", "https") and re.fullmatch(r"[A-Za-z0-9.:\[\]-]+",
+                                                               parts.netloc or "")
+    return _CSP.format(media=origin if safe else "").replace(" ;", ";")
+
+
 def _html(text: str, status: int = 200) -> Response:
     response = Response(text, status=status, content_type="text/html; charset=utf-8")
-    response.headers["Content-Security-Policy"] = _CSP
+    response.headers["Content-Security-Policy"] = _csp("")
     response.headers["Cache-Control"] = "no-store"
     response.headers["Referrer-Policy"] = "same-origin"
     response.headers["X-Content-Type-Options"] = "nosniff"
