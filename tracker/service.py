@@ -31,13 +31,14 @@ from tracker.clients.crm import CrmClient
 from tracker.clients.uis import UisClient
 from tracker.config import Settings
 from tracker.context import Context, Lifecycle
-from tracker.core import statecharts
+from tracker.core import crmwork, statecharts
 from tracker.core.calls import Call
 from tracker.core.catalogue import EVENTS
 from tracker.db import integrity, maintenance, requestlog
 from tracker.db.checkpointer import Checkpointer
 from tracker.db.store import Store
 from tracker.delivery import busy
+from tracker.delivery.crmwork import CrmWork
 from tracker.delivery.outbox import Outbox
 from tracker.errors import StoreError
 from tracker.features.reconcile import Reconciler
@@ -100,7 +101,8 @@ async def serve(
             uis = UisClient(http, settings.uis, throttle.uis_gate(settings.ratelimit))
             outbox = Outbox(store, settings, crm, uis)  # its Metrics are the daemon's
             intake = Intake(store, chart, ZoneInfo(settings.crm.timezone),
-                            on_batch=outbox.metrics.observe_batch)
+                            on_batch=outbox.metrics.observe_batch,
+                            work=crmwork.switches(settings))
             checkpointer = Checkpointer(path, on_checkpoint=outbox.metrics.observe_checkpoint)
             ctx = Context(settings=settings, store=store, chart=chart, outbox=outbox, crm=crm,
                           metrics=outbox.metrics, uis=uis, intake=intake,
@@ -111,6 +113,12 @@ async def serve(
             app = create_app(ctx)
             sync = StatusSync(ctx)  # registers its outbox kinds: before the outbox starts
             busy.install(ctx)
+            # Calls become CRM work (issue 14): its outbox kinds, and the attribution lookup in
+            # front of the history upload. The one place they are registered.
+            work = CrmWork(store, settings, crm, uis)
+            outbox.handlers.update(work.handlers())
+            if settings.attribution.enabled:
+                outbox.handlers["upload"] = work.wrap_upload(outbox.handlers["upload"])
             outbox.on_wake.append(ctx.live.poke)
             async with trio.open_nursery() as workers:
                 await workers.start(outbox.run)
