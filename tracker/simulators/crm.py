@@ -7,6 +7,8 @@ Routes under ``/api/v5/`` and ``/api/v4/`` (``*`` = both versions):
   ``/edit``; ``POST v4/telephony/setting/{code}/edit`` (``configuration``), ``GET`` likewise
 - ``POST v5/users/{id}/status`` (``status``), ``GET */users/{id}`` (404 for an id outside
   ``known_user_ids``), ``GET */telephony/manager?phone=``
+- customers, tasks, orders (``v5/customers``, ``customers/create``, ``tasks``, ``tasks/create``,
+  ``tasks/{id}/edit``, ``orders``, ``orders/create``): see the block above ``CrmSimulator``
 
 Checks, in order: fault (``fault`` or ``fail_next``), rate limit (503), route (404 ``API method
 not found``), key (401 ``"apiKey" is missing.``, 403 ``Wrong "apiKey" value.``), body shape (400
