@@ -71,16 +71,12 @@ def note_miss(store: Store, call_id: int, number: str, missed_at: float) -> None
 
 
 def note_reach(store: Store, call_id: int, number: str, at: float, employee_id: int | None,
-               direction: str) -> list[dict[str, Any]]:
-    """Mark the number's unreturned misses (before ``at``) returned; returns them."""
-    rows = store.conn.execute(
-        "SELECT * FROM callbacks WHERE number = ? AND returned_at IS NULL AND missed_at <= ?",
-        (number, at)).fetchall()
+               direction: str) -> None:
+    """Mark the number's unreturned misses (before ``at``) returned by this call."""
     store.conn.execute(
         "UPDATE callbacks SET returned_at = ?, returned_call_id = ?, returned_by = ?,"
         " direction = ? WHERE number = ? AND returned_at IS NULL AND missed_at <= ?",
         (at, call_id, employee_id, direction, number, at))
-    return [dict(r) for r in rows]
 
 
 def first_open_miss(store: Store, number: str) -> float | None:
