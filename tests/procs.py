@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import trio
 
-from tests.support import CLIENT_ID, CRM_KEY, MAPPING, SECRET, UIS_TOKEN
+from tests.support import CLIENT_ID, CRM_KEY, CRM_WORK_OFF, MAPPING, SECRET, UIS_TOKEN
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,6 +46,7 @@ def write_config(path: Path, *, db: Path, uis_url: str, crm_url: str, port: int 
                 "record_wait_seconds": 2, "timeout_seconds": 2},
         "crm": {"url": crm_url, "api_key": CRM_KEY, "client_id": CLIENT_ID, "timeout_seconds": 2},
         "outbox": {"retry_base_seconds": 0.05, "retry_max_seconds": 0.4},
+        **{section: dict(values) for section, values in CRM_WORK_OFF.items()},
     }
     for section, values in sections.items():
         data.setdefault(section, {}).update(values)

@@ -25,6 +25,13 @@ CRM_KEY = "test-crm-key"
 CLIENT_ID = "test-client-id-0123456789"
 ANNA, BORIS, VERA = (101, "Анна Иванова"), (102, "Борис Петров"), (103, "Вера Смирнова")
 MAPPING = {101: (1, "101"), 102: (2, "102"), 103: (3, "103")}
+# The CRM work a call creates (customers, tasks, attribution) is off in the harness unless a test
+# turns it on: the other tests count retailCRM requests and outbox rows of the telephony alone.
+CRM_WORK_OFF: dict[str, dict[str, Any]] = {
+    "customers": {"create": False},
+    "tasks": {"missed_calls": False, "complete_on_reach": False},
+    "attribution": {"enabled": False},
+}
 
 
 def settings_for(tmp_path: Path, uis_url: str, crm_url: str,
@@ -47,6 +54,7 @@ def settings_for(tmp_path: Path, uis_url: str, crm_url: str,
         "outbox": {"retry_base_seconds": 0.05, "retry_max_seconds": 0.4},
         "employees": [{"uis_id": u, "crm_user_id": c, "code": code}
                       for u, (c, code) in MAPPING.items()],
+        **{section: dict(values) for section, values in CRM_WORK_OFF.items()},
     }
     for section, values in sections.items():
         if section == "employees":

@@ -15,7 +15,8 @@ def test_bench_quick_runs_every_phase_and_prints_the_table() -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     table = done.stdout
     for metric in ("bare ASGI ceiling", "durable ingest", "webhook latency p50 / p99",
-                   "pop-up latency", "calls in progress", "backlog drain", "start-up with"):
+                   "pop-up latency", "calls in progress", "backlog drain", "start-up with",
+                   "popup under crm work"):
         assert metric in table, table
     assert "errors: 0" in table, table
 
@@ -26,5 +27,6 @@ def test_bench_runs_only_the_phases_asked_for() -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     table = done.stdout
     assert "start-up with" in table and "start-up after a crash" in table, table
-    for other in ("bare ASGI ceiling", "durable ingest", "pop-up latency", "backlog drain"):
+    for other in ("bare ASGI ceiling", "durable ingest", "pop-up latency", "backlog drain",
+                  "popup under crm work"):
         assert other not in table, table

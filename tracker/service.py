@@ -31,13 +31,14 @@ from tracker.clients.crm import CrmClient
 from tracker.clients.uis import UisClient
 from tracker.config import Settings
 from tracker.context import Context, Lifecycle
-from tracker.core import statecharts
+from tracker.core import crmwork, statecharts
 from tracker.core.calls import Call
 from tracker.core.catalogue import EVENTS
 from tracker.db import integrity, maintenance, requestlog
 from tracker.db.checkpointer import Checkpointer
 from tracker.db.store import Store, open_store
 from tracker.delivery import busy
+from tracker.delivery.crmwork import CrmWork
 from tracker.delivery.dispatcher import Batched, BatchHandler, Handler, Outbox
 from tracker.delivery.handlers import RetailCrmHandlers
 from tracker.features.reconcile import Reconciler
@@ -68,9 +69,14 @@ def outbox_handlers(store: Store, settings: Settings, crm: CrmClient,
     if reasons:  # outbound no-answer uploads ask UIS whether the line was busy
         upload = busy.telling_busy(upload, store=store, uis=uis,
                                    tz=ZoneInfo(settings.crm.timezone), reasons=reasons)
+    # Calls become CRM work: its outbox kinds, and the attribution lookup before the upload.
+    work = CrmWork(store, settings, crm, uis)
+    if settings.attribution.enabled:
+        upload = work.wrap_upload(upload)
     return {
         **crm_handlers.kinds(upload=upload),
         **StatusPush(store, settings.status_sync, uis, crm).kinds(),
+        **work.handlers(),
     }
 
 
@@ -100,7 +106,8 @@ async def serve(
             # its Metrics are the daemon's
             outbox = Outbox(store, settings, outbox_handlers(store, settings, crm, uis))
             intake = Intake(store, chart, ZoneInfo(settings.crm.timezone),
-                            on_batch=outbox.metrics.observe_batch)
+                            on_batch=outbox.metrics.observe_batch,
+                            work=crmwork.switches(settings))
             checkpointer = Checkpointer(path, on_checkpoint=outbox.metrics.observe_checkpoint)
             ctx = Context(settings=settings, store=store, chart=chart, outbox=outbox, crm=crm,
                           metrics=outbox.metrics, uis=uis, intake=intake,

@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="measure throughput, latency, memory, start-up")
     bench.add_argument("--quick", action="store_true", help="a small run that takes seconds")
     bench.add_argument("--phase", action="append", choices=("ingest", "popup", "memory",
-                       "backlog", "startup"), help="run only this phase (repeatable; "
+                       "backlog", "startup", "crmwork"), help="run only this phase (repeatable; "
                        "ingest includes the ceiling)")
     bench.set_defaults(func=_bench)
 

@@ -53,6 +53,37 @@ class CrmClient:
         return await self.get("telephony/manager", {"phone": phone, "details": 1,
                                                     "ignoreStatus": int(ignore_status)})
 
+    # -- customers, tasks, orders (delivery/crmwork.py) ---------------------------------------
+
+    async def find_customers(self, params: dict[str, Any]) -> CrmAnswer:
+        """``GET customers`` with query parameters as retailCRM names them
+        (``filter[name]``, ``filter[externalIds][]``, ``limit``)."""
+        return await self.get("customers", params)
+
+    async def create_customer(self, customer: dict[str, Any], site: str = "") -> CrmAnswer:
+        """``customers/create``: answers ``{"success": true, "id": N}``."""
+        return await self.post("customers/create", _with_site({"customer": customer}, site))
+
+    async def find_tasks(self, params: dict[str, Any]) -> CrmAnswer:
+        """``GET tasks`` (``filter[text]``, ``filter[performers][]``, ``limit``)."""
+        return await self.get("tasks", params)
+
+    async def create_task(self, task: dict[str, Any], site: str = "") -> CrmAnswer:
+        """``tasks/create``: answers ``{"success": true, "id": N}``."""
+        return await self.post("tasks/create", _with_site({"task": task}, site))
+
+    async def edit_task(self, task_id: int, task: dict[str, Any]) -> CrmAnswer:
+        """``tasks/{id}/edit`` (``complete: true`` completes it)."""
+        return await self.post(f"tasks/{task_id}/edit", {"task": {"id": task_id, **task}})
+
+    async def find_orders(self, params: dict[str, Any]) -> CrmAnswer:
+        """``GET orders`` (``filter[externalIds][]``, ``limit``)."""
+        return await self.get("orders", params)
+
+    async def create_order(self, order: dict[str, Any], site: str = "") -> CrmAnswer:
+        """``orders/create``: answers ``{"success": true, "id": N, "order": {…}}``."""
+        return await self.post("orders/create", _with_site({"order": order}, site))
+
     async def post(self, endpoint: str, fields: dict[str, Any]) -> CrmAnswer:
         """POST form fields (dicts and lists are sent as JSON text) to ``endpoint``."""
         form = {
@@ -122,6 +153,10 @@ class CrmClient:
                 status=status, detail=text,
             )
         return CrmAnswer(status=status, body=body, request=request, text=text)
+
+
+def _with_site(fields: dict[str, Any], site: str) -> dict[str, Any]:
+    return {**fields, "site": site} if site else fields
 
 
 def _message(body: Any, text: str) -> str:

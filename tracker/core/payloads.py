@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from tracker.config import Employee, Settings
+from tracker.core.crmwork import web_analytics
 from tracker.core.phones import to_e164
 
 
@@ -47,6 +49,10 @@ def call_event(
     event["callExternalId"] = str(call["id"])
     if hangup_status:
         event["hangupStatus"] = hangup_status
+    else:
+        analytics = web_analytics(_attribution(call, settings))
+        if analytics:
+            event["webAnalyticsData"] = analytics
     return event
 
 
@@ -79,7 +85,21 @@ def upload_item(
         item["durationWaiting"] = int(call["wait_seconds"])
     if record_url:
         item["recordUrl"] = record_url
+    attribution = _attribution(call, settings)
+    if attribution.get("source"):
+        item["source"] = dict(attribution["source"])
+    if attribution.get("clientId"):
+        item["clientId"] = attribution["clientId"]
     return item
+
+
+def _attribution(call: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
+    """The call's stored attribution (``calls.attribution``), or {} when off or unknown."""
+    raw = call.get("attribution")
+    if not settings.attribution.enabled or not raw:
+        return {}
+    value = json.loads(raw)
+    return value if isinstance(value, dict) else {}
 
 
 def record_url(media_url: str, session_id: int, record_id: str) -> str:

@@ -260,6 +260,59 @@ def _migration_8(db: sqlite_utils.Database) -> None:
     db.table("calls").create_index(["contact_phone", "started_at"])
 
 
-MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5,
-              _migration_6, _migration_7, _migration_8]
+def _migration_9(db: sqlite_utils.Database) -> None:
+    """Issue 14: calls become CRM work. What tracker found or created in retailCRM per number,
+    the open call-back task of each number, every missed call and when it was returned, and the
+    attribution UIS's report gave a call."""
+    db.table("crm_customers").create(
+        {
+            "number": str,  # the caller's digits (79991234567)
+            "customer_id": int,  # retailCRM customer id
+            "manager_id": int,  # the customer's responsible manager (retailCRM user id), if any
+            "origin": str,  # "found" | "created"
+            "call_id": int,  # the call that found or created it
+            "at": float,
+        },
+        pk="number",
+        not_null={"customer_id", "origin", "at"},
+    )
+    db.table("crm_tasks").create(
+        {
+            "id": int,
+            "number": str,
+            "task_id": int,  # retailCRM task id
+            "call_id": int,  # the first missed call
+            "performer_id": int,
+            "misses": int,
+            "commentary": str,  # what the task's commentary holds now (edits replace it)
+            "opened_at": float,
+            "completed_at": float,
+            "completed_call_id": int,
+        },
+        pk="id",
+        not_null={"number", "task_id", "opened_at"},
+    )
+    # One open task per number, enforced by the database.
+    db.execute("CREATE UNIQUE INDEX crm_tasks_open_number ON crm_tasks(number)"
+               " WHERE completed_at IS NULL")
+    db.table("callbacks").create(
+        {
+            "call_id": int,  # the missed call
+            "number": str,
+            "missed_at": float,
+            "returned_at": float,  # when an answered call with the number began
+            "returned_call_id": int,
+            "returned_by": int,  # UIS employee id on that call
+            "direction": str,  # of the returning call: "out" (called back) | "in"
+        },
+        pk="call_id",
+        not_null={"number", "missed_at"},
+    )
+    db.table("callbacks").create_index(["number", "returned_at"])
+    db.table("callbacks").create_index(["missed_at"])
+    # JSON of core.crmwork.attribution_of; "{}" when the report had nothing or no row.
+    db.table("calls").add_column("attribution", str)
 
+
+MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5,
+              _migration_6, _migration_7, _migration_8, _migration_9]

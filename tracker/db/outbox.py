@@ -133,6 +133,12 @@ class OutboxRows(Rows):
         counts["retrying"] = retrying
         return counts
 
+    def pending_of_kinds(self, prefix: str) -> int:
+        """How many pending rows there are of the kinds whose name starts with ``prefix``."""
+        row = self.conn.execute("SELECT count(*) FROM outbox WHERE status = 'pending'"
+                                " AND substr(kind, 1, ?) = ?", (len(prefix), prefix)).fetchone()
+        return int(row[0])
+
     def enqueue_latest(self, kind: str, priority: int, payload: dict[str, Any], now: float, *,
                        lane: str) -> tuple[int, list[int]]:
         """Enqueue where only the newest change matters (an employee's status): older pending

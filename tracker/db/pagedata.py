@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import statistics
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,7 +26,8 @@ from tracker.core.formatting import N_
 
 T = TypeVar("T")
 
-STATUS_PARTS = ("counters", "board", "pictures", "outbox", "recent", "warnings", "requests",
+STATUS_PARTS = ("counters", "board", "pictures", "outbox", "callbacks", "recent", "warnings",
+                "requests",
                 "chart")
 CALL_PARTS = ("callhead", "timeline")
 DIRECTIONS = ("in", "out")
@@ -193,7 +195,7 @@ def _rows(conn: sqlite3.Connection, sql: str, params: Any = ()) -> list[dict[str
 
 def read_overview(conn: sqlite3.Connection, *, filters: Filters, states: tuple[str, ...],
                   final_states: frozenset[str], tz: ZoneInfo, now: float,
-                  with_log: bool) -> dict[str, Any]:
+                  with_log: bool, callback_target_minutes: float = 15.0) -> dict[str, Any]:
     """Everything on the status page that comes from the database."""
     active = [s for s in states if s not in final_states]
     midnight = datetime.fromtimestamp(now, tz).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -230,6 +232,7 @@ def read_overview(conn: sqlite3.Connection, *, filters: Filters, states: tuple[s
         "recent_error": None,
         "recent_error_seconds": QUERY_SECONDS,
         "recent": [],
+        "callbacks": callbacks(conn, now=now, tz=tz, target_minutes=callback_target_minutes),
     }
     try:
         data["recent"] = _rows(conn, *recent_calls_query(filters))
@@ -307,6 +310,33 @@ def read_call(conn: sqlite3.Connection, call_id: int) -> dict[str, Any] | None:
 
 
 # -- formatting helpers for the templates -----------------------------------------------------
+
+CALLBACKS_LIMIT = 50  # missed calls listed on the page
+
+
+def callbacks(conn: sqlite3.Connection, *, now: float, tz: ZoneInfo,
+              target_minutes: float) -> dict[str, Any]:
+    """Missed calls not yet returned (oldest first, with their age) and today's call-back
+    figures: misses, returned, the median minutes to call back, the share returned within
+    ``target_minutes`` (of all today's misses, returned or not)."""
+    rows = conn.execute("SELECT call_id, number, missed_at FROM callbacks"
+                        " WHERE returned_at IS NULL ORDER BY missed_at LIMIT ?",
+                        (CALLBACKS_LIMIT,)).fetchall()
+    waiting = [{"call_id": r[0], "number": r[1], "missed_at": r[2], "age": now - r[2]}
+               for r in rows]
+    total_open = conn.execute("SELECT count(*) FROM callbacks WHERE returned_at IS NULL"
+                              ).fetchone()[0]
+    midnight = datetime.fromtimestamp(now, tz).replace(hour=0, minute=0, second=0, microsecond=0)
+    today = conn.execute("SELECT missed_at, returned_at FROM callbacks WHERE missed_at >= ?"
+                         " AND missed_at <= ?", (midnight.timestamp(), now)).fetchall()
+    minutes = sorted((r[1] - r[0]) / 60 for r in today if r[1] is not None)
+    median = statistics.median(minutes) if minutes else None
+    within = sum(1 for m in minutes if m <= target_minutes)
+    return {"open": waiting, "open_total": total_open, "target_minutes": target_minutes,
+            "today": {"missed": len(today), "returned": len(minutes),
+                      "median_minutes": None if median is None else round(median, 1),
+                      "within_target_share": within / len(today) if today else None}}
+
 
 def pretty(text: str | None) -> str:
     """JSON text indented for reading; anything else as it is."""

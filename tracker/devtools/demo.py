@@ -45,6 +45,8 @@ def demo_settings(listen: str, database: Path, uis_url: str, crm_url: str) -> co
                 "client_id": "demo-client-id-0123456789"},
         "employees": [{"uis_id": u, "crm_user_id": c, "code": code}
                       for u, _, c, code in _EMPLOYEES],
+        # Missed calls nobody was dialled for (lost in the IVR) still get a call-back task.
+        "tasks": {"fallback_performer_id": 1},
         # The status page opens without a key from this machine; run_demo prints one for others.
         "admin": {"allow_loopback_without_key": True},
     }, {})

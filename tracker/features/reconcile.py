@@ -31,6 +31,7 @@ import trio
 from tracker.clients.uis import UisClient
 from tracker.config import ReconcileSettings
 from tracker.core import synthesis
+from tracker.core.crmwork import Switches, switches
 from tracker.core.statecharts import Chart
 from tracker.core.windows import windows
 from tracker.db.store import Store
@@ -89,8 +90,9 @@ class Reconciler:
     def __init__(self, store: Store, chart: Chart, tz: ZoneInfo, uis: UisClient,
                  settings: ReconcileSettings, *, wake: Callable[[], None] = lambda: None,
                  on_progress: Callable[[Tally], None] = lambda tally: None,
-                 max_offset: int = _MAX_OFFSET) -> None:
+                 max_offset: int = _MAX_OFFSET, work: Switches | None = None) -> None:
         self._store, self._chart, self._tz, self._uis = store, chart, tz, uis
+        self._work = work  # the daemon's passes create CRM work; a backfill of the past does not
         self._max_offset = max_offset
         self._settings = settings
         self._wake = wake
@@ -105,7 +107,7 @@ class Reconciler:
     def for_context(cls, ctx: Context) -> Reconciler:
         """The daemon's reconciler: it wakes the daemon's outbox when it creates calls."""
         return cls(ctx.store, ctx.chart, ctx.tz, ctx.uis, ctx.settings.reconcile,
-                   wake=ctx.outbox.wake)
+                   wake=ctx.outbox.wake, work=switches(ctx.settings))
 
     def statistics(self) -> ReconcileStatistics:
         return ReconcileStatistics(self._passes, self._created, self._requests, self._failed,
@@ -256,7 +258,7 @@ class Reconciler:
                     return
                 for fields in synthesis.session(row, source=SOURCE):
                     ingest.ingest(self._store, self._chart, self._tz, fields, method=METHOD,
-                                  now=now)
+                                  now=now, work=self._work)
                 self._store.set_end_reason(session_id, REASON)
                 self._store.warn("reconcile", "sessions without notifications",
                                  f"session {session_id} reached tracker only through the Data "

@@ -27,7 +27,7 @@ from typing import Any
 import trio
 
 from tracker.context import Context
-from tracker.core import synthesis
+from tracker.core import crmwork, synthesis
 from tracker.core.payloads import uis_date
 from tracker.errors import DeliveryError, RejectedNotification
 from tracker.intake import ingest
@@ -180,7 +180,8 @@ class Sweeper:
         try:
             with store.transaction():
                 outcome = ingest.ingest(store, self._ctx.chart, self._ctx.tz, fields,
-                                        method="SWEEP", now=now)
+                                        method="SWEEP", now=now,
+                                        work=crmwork.switches(self._ctx.settings))
                 final = outcome.state is not None and self._ctx.chart.is_final(outcome.state)
                 if final and outcome.status == "accepted":
                     # Many of these point at a notification type missing in UIS's settings.

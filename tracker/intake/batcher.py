@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 import trio
 
+from tracker.core.crmwork import Switches
 from tracker.core.statecharts import Chart
 from tracker.db.store import Store
 from tracker.intake import ingest
@@ -50,8 +51,10 @@ class Intake:
     (without it, ``submit`` writes at once, alone)."""
 
     def __init__(self, store: Store, chart: Chart, tz: ZoneInfo, *, max_batch: int = 200,
-                 on_batch: Callable[[int], None] | None = None) -> None:
+                 on_batch: Callable[[int], None] | None = None,
+                 work: Switches | None = None) -> None:
         self._store = store
+        self._work = work  # the CRM work a call's end implies (core.crmwork)
         self._on_batch = on_batch  # told the size of each batch written (metrics)
         self._chart = chart
         self._tz = tz
@@ -67,7 +70,8 @@ class Intake:
         """Store one notification; returns once it is committed. Raises what ``ingest.ingest``
         raises (``RejectedNotification``, ``sqlite3.Error``)."""
         if not self._writing:
-            return ingest.ingest(self._store, self._chart, self._tz, fields, method=method)
+            return ingest.ingest(self._store, self._chart, self._tz, fields, method=method,
+                                 work=self._work)
         pending = _Pending(fields, method, trio.Event())
         self._queue.append(pending)
         self._queued.set()
@@ -125,7 +129,7 @@ class Intake:
         # is undone alone, and a rejected one keeps the journal row that says why.
         try:
             pending.outcome = ingest.ingest(self._store, self._chart, self._tz, pending.fields,
-                                            method=pending.method, now=now)
+                                            method=pending.method, now=now, work=self._work)
         except Exception as exc:  # RejectedNotification, or a bug; the batch goes on
             pending.error = exc
 

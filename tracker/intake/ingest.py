@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from tracker.core import calls, notifications
+from tracker.core import calls, crmwork, notifications
 from tracker.core.calls import Call
-from tracker.core.commands import PRIORITY, payload
+from tracker.core.commands import PRIORITY, Command, payload
 from tracker.core.statecharts import Chart
+from tracker.db import crmwork as crmwork_db
 from tracker.db.store import Store
 from tracker.errors import RejectedNotification
 from tracker.logs import about_call
@@ -47,9 +48,12 @@ def ingest(
     *,
     method: str = "POST",
     now: float | None = None,
+    work: crmwork.Switches | None = None,
 ) -> Outcome:
     """Store one decoded notification and everything it implies, atomically.
 
+    With ``work`` (the daemon always passes it), a call that ends also records its miss or its
+    return (the call-back figures) and enqueues the CRM work that is switched on.
     Raises ``RejectedNotification`` (after journaling the rejection) for bad fields.
     """
     now = time.time() if now is None else now
@@ -87,6 +91,8 @@ def ingest(
         store.set_event_states(event_id, applied.state_before, applied.state_after)
         for command in applied.commands:
             store.enqueue(call.id, command.kind, PRIORITY[command.kind], payload(command), now)
+        if work is not None and applied.commands:
+            _crm_work(store, call, applied.commands, work, now)
     if applied.state_before != applied.state_after:
         with about_call(call.id):
             log.info(
@@ -96,6 +102,21 @@ def ingest(
             )
     return Outcome("accepted", call.id, call.state, len(applied.commands),
                    event=notification.event, state_before=applied.state_before)
+
+
+def _crm_work(store: Store, call: Call, commands: tuple[Command, ...],
+              work: crmwork.Switches, now: float) -> None:
+    entry = crmwork.ledger(call, commands, work.region)
+    if entry is not None:
+        what, caller = entry
+        at = call.started_at or now
+        if what == "miss":
+            crmwork_db.note_miss(store, call.id, caller.number, at)
+        else:
+            crmwork_db.note_reach(store, call.id, caller.number, at, call.talked_employee_id,
+                                  call.direction or "in")
+    for row in crmwork.plan(call, commands, work):
+        store.enqueue(call.id, row.kind, row.priority, row.payload, now, lane=row.lane)
 
 
 def _ignore(store: Store, fields: Mapping[str, Any], name: str, method: str, body: str,

@@ -7,6 +7,8 @@ Routes under ``/api/v5/`` and ``/api/v4/`` (``*`` = both versions):
   ``/edit``; ``POST v4/telephony/setting/{code}/edit`` (``configuration``), ``GET`` likewise
 - ``POST v5/users/{id}/status`` (``status``), ``GET */users/{id}`` (404 for an id outside
   ``known_user_ids``), ``GET */telephony/manager?phone=``
+- customers, tasks, orders (``v5/customers``, ``customers/create``, ``tasks``, ``tasks/create``,
+  ``tasks/{id}/edit``, ``orders``, ``orders/create``): see the block above ``CrmSimulator``
 
 Checks, in order: fault (``fault`` or ``fail_next``), rate limit (503), route (404 ``API method
 not found``), key (401 ``"apiKey" is missing.``, 403 ``Wrong "apiKey" value.``), body shape (400
@@ -47,7 +49,8 @@ from tracker.simulators.server import Changes
 T = TypeVar("T")
 
 FAULTS = (None, "503", "429", "500", "hang")
-JSON_FIELDS = ("event", "calls", "integrationModule", "configuration")
+JSON_FIELDS = ("event", "calls", "integrationModule", "configuration", "customer", "task",
+               "order")
 HANGUP_STATUSES = ("answered", "no answered", "busy", "cancel", "failed")
 CALL_RESULTS = ("answered", "no answer", "busy", "failed", "not allowed", "unknown")
 USER_STATUSES = ("free", "busy", "dinner", "break")
@@ -90,7 +93,191 @@ def _invalid(errors: dict[str, str]) -> CrmError:
     return CrmError(400, "Errors in the entity format", errors)
 
 
-class CrmSimulator:
+# -- customers, tasks, orders (issue 14: calls become CRM work) --------------------------------
+#
+# ``GET v5/customers`` (``filter[name]`` matches name, phone digits and email as a substring;
+# ``filter[externalIds][]`` exact; ``limit`` 20, 50 or 100), ``POST v5/customers/create``
+# (``customer``, ``site``), ``POST v5/tasks/create`` (``task``), ``GET v5/tasks``
+# (``filter[text]`` substring), ``POST v5/tasks/{id}/edit`` (``task``), ``POST v5/orders/create``
+# (``order``, ``site``), ``GET v5/orders`` (``filter[externalIds][]``). Creates answer 201
+# ``{"success": true, "id": N}``; a repeated ``externalId`` is refused with 400 (the message is
+# the simulator's reading: retailCRM's exact text is unconfirmed). ``refuse_customers`` makes
+# every customer create a validation error; a performer outside ``known_user_ids`` or in
+# ``inactive_user_ids`` is refused.
+
+LIMITS = ("20", "50", "100")
+
+
+class _CrmWork:
+    """The customer/task/order routes, mixed into :class:`CrmSimulator`."""
+
+    known_user_ids: set[int] | None
+    sites: set[str] | None
+    _routes: list[tuple[str, re.Pattern[str], tuple[str, ...], Callable[..., Answer]]]
+    _json_field: Callable[..., Any]
+
+    def _init_crm_work(self) -> None:
+        self.customers: dict[int, dict[str, Any]] = {}
+        self.tasks: dict[int, dict[str, Any]] = {}
+        self.orders: dict[int, dict[str, Any]] = {}
+        self.inactive_user_ids: set[int] = set()
+        self.refuse_customers: dict[str, str] | None = None
+        self._next_ids = {"customer": 1001, "task": 5001, "order": 9001}
+        self._routes += [
+            ("GET", re.compile(r"customers"), ("v5",), self._customers_list),
+            ("POST", re.compile(r"customers/create"), ("v5",), self._customers_create),
+            ("GET", re.compile(r"tasks"), ("v5",), self._tasks_list),
+            ("POST", re.compile(r"tasks/create"), ("v5",), self._tasks_create),
+            ("POST", re.compile(r"tasks/(?P<task_id>\d+)/edit"), ("v5",), self._tasks_edit),
+            ("GET", re.compile(r"orders"), ("v5",), self._orders_list),
+            ("POST", re.compile(r"orders/create"), ("v5",), self._orders_create),
+        ]
+
+    def _new_id(self, kind: str) -> int:
+        self._next_ids[kind] += 1
+        return self._next_ids[kind] - 1
+
+    @staticmethod
+    def _limit(query: dict[str, str]) -> None:
+        if query.get("limit", "20") not in LIMITS:
+            raise _invalid({"limit": "The value you selected is not a valid choice."})
+
+    def _check_site(self, form: dict[str, str]) -> None:
+        if self.sites is not None and "site" in form and form["site"] not in self.sites:
+            raise _invalid({"site": "Site not found."})
+
+    def _customers_list(self, form: dict[str, str], query: dict[str, str],
+                        data: dict[str, Any]) -> Answer:
+        self._limit(query)
+        found = list(self.customers.values())
+        name = query.get("filter[name]")
+        if name:
+            digits = "".join(c for c in name if c.isdigit())
+
+            def matches(c: dict[str, Any]) -> bool:
+                text = " ".join(str(c.get(k) or "") for k in ("firstName", "lastName", "email"))
+                if name.lower() in text.lower():
+                    return True
+                return bool(digits) and any(
+                    digits in "".join(ch for ch in str(p.get("number")) if ch.isdigit())
+                    for p in c.get("phones") or [])
+            found = [c for c in found if matches(c)]
+        external = query.get("filter[externalIds][]")
+        if external is not None:
+            found = [c for c in found if c.get("externalId") == external]
+        limit = int(query.get("limit", "20"))
+        return 200, {"success": True, "pagination": {"limit": limit, "totalCount": len(found),
+                                                     "currentPage": 1, "totalPageCount": 1},
+                     "customers": found[:limit]}
+
+    def _customers_create(self, form: dict[str, str], query: dict[str, str],
+                          data: dict[str, Any]) -> Answer:
+        customer = self._json_field(form, data, "customer", dict)
+        self._check_site(form)
+        if self.refuse_customers is not None:
+            raise _invalid(dict(self.refuse_customers))
+        errors = {}
+        phones = customer.get("phones", [])
+        if not isinstance(phones, list) or not all(isinstance(p, dict) and
+                                                   isinstance(p.get("number"), str)
+                                                   for p in phones):
+            errors["phones"] = "Expected a list of {number}"
+        manager = customer.get("managerId")
+        if manager is not None and self.known_user_ids is not None \
+                and manager not in self.known_user_ids:
+            errors["managerId"] = "Manager not found."
+        if errors:
+            raise _invalid(errors)
+        external = customer.get("externalId")
+        if external is not None and any(c.get("externalId") == external
+                                        for c in self.customers.values()):
+            raise CrmError(400, "Customer already exists.")
+        customer_id = self._new_id("customer")
+        self.customers[customer_id] = {**customer, "id": customer_id, "site": form.get("site")}
+        return 201, {"success": True, "id": customer_id}
+
+    def _tasks_list(self, form: dict[str, str], query: dict[str, str],
+                    data: dict[str, Any]) -> Answer:
+        self._limit(query)
+        found = list(self.tasks.values())
+        text = query.get("filter[text]")
+        if text:
+            found = [t for t in found if text.lower() in str(t.get("text")).lower()]
+        return 200, {"success": True, "tasks": found[:int(query.get("limit", "20"))]}
+
+    def _performer_problem(self, performer: Any) -> str | None:
+        if not isinstance(performer, int) or isinstance(performer, bool):
+            return "This value should not be blank."
+        if performer in self.inactive_user_ids or (
+                self.known_user_ids is not None and performer not in self.known_user_ids):
+            return "Performer not found or is not active."
+        return None
+
+    def _tasks_create(self, form: dict[str, str], query: dict[str, str],
+                      data: dict[str, Any]) -> Answer:
+        task = self._json_field(form, data, "task", dict)
+        errors = {}
+        if not isinstance(task.get("text"), str) or not task["text"].strip():
+            errors["text"] = "This value should not be blank."
+        problem = self._performer_problem(task.get("performerId"))
+        if problem:
+            errors["performerId"] = problem
+        if "datetime" in task:
+            try:
+                datetime.strptime(str(task["datetime"]), "%Y-%m-%d %H:%M")
+            except ValueError:
+                errors["datetime"] = "Expected Y-m-d H:i"
+        customer = task.get("customer")
+        if customer is not None and (not isinstance(customer, dict)
+                                     or customer.get("id") not in self.customers):
+            errors["customer"] = "Customer not found."
+        if errors:
+            raise _invalid(errors)
+        task_id = self._new_id("task")
+        self.tasks[task_id] = {**task, "id": task_id, "complete": bool(task.get("complete"))}
+        return 201, {"success": True, "id": task_id}
+
+    def _tasks_edit(self, form: dict[str, str], query: dict[str, str], data: dict[str, Any],
+                    task_id: str) -> Answer:
+        task = self._json_field(form, data, "task", dict)
+        stored = self.tasks.get(int(task_id))
+        if stored is None:
+            raise CrmError(404, "Not found")
+        if "performerId" in task:
+            problem = self._performer_problem(task["performerId"])
+            if problem:
+                raise _invalid({"performerId": problem})
+        stored.update({k: v for k, v in task.items() if k != "id"})
+        return 200, {"success": True}
+
+    def _orders_list(self, form: dict[str, str], query: dict[str, str],
+                     data: dict[str, Any]) -> Answer:
+        self._limit(query)
+        found = list(self.orders.values())
+        external = query.get("filter[externalIds][]")
+        if external is not None:
+            found = [o for o in found if o.get("externalId") == external]
+        return 200, {"success": True, "orders": found[:int(query.get("limit", "20"))]}
+
+    def _orders_create(self, form: dict[str, str], query: dict[str, str],
+                       data: dict[str, Any]) -> Answer:
+        order = self._json_field(form, data, "order", dict)
+        self._check_site(form)
+        customer = order.get("customer")
+        if customer is not None and (not isinstance(customer, dict)
+                                     or customer.get("id") not in self.customers):
+            raise _invalid({"customer": "Customer not found."})
+        external = order.get("externalId")
+        if external is not None and any(o.get("externalId") == external
+                                        for o in self.orders.values()):
+            raise CrmError(400, "Order already exists.")
+        order_id = self._new_id("order")
+        stored = {**order, "id": order_id, "site": form.get("site")}
+        self.orders[order_id] = stored
+        return 201, {"success": True, "id": order_id, "order": stored}
+
+
+class CrmSimulator(_CrmWork):
     """Fake retailCRM account; see the module docstring for routes and checks.
 
     ``known_codes``/``known_user_ids``/``sites``: when given, events naming others get
@@ -117,6 +304,7 @@ class CrmSimulator:
         self.phone_customers: dict[str, dict[str, Any]] = {}
         self.hanging = 0
         self.answer_delay_seconds = 0.0
+        self.delay_only: set[str] | None = None  # endpoints answer_delay_seconds holds (None: all)
         self.ignore_external_ids: set[str] = set()
         self.changes = Changes()
         self._fault: str | None = None
@@ -138,6 +326,7 @@ class CrmSimulator:
             ("GET", re.compile(r"users/(?P<user_id>\d+)"), ("v4", "v5"), self._user_get),
             ("GET", re.compile(r"telephony/manager"), ("v4", "v5"), self._manager),
         ]
+        self._init_crm_work()
         self.app = self._build_app()
 
     # -- test controls ---------------------------------------------------------------------
@@ -215,7 +404,7 @@ class CrmSimulator:
         self.requests.append(CrmRequest(request.method, "/" + path, version, endpoint, api_key,
                                         form, query, data, status))
         self.changes.poke()
-        if self.answer_delay_seconds:
+        if self.answer_delay_seconds and (self.delay_only is None or endpoint in self.delay_only):
             await trio.sleep(self.answer_delay_seconds)
         if isinstance(body, str):
             return Response(body, status=status, headers=headers, content_type="text/html")

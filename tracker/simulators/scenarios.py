@@ -332,6 +332,13 @@ def outbound(session_id: int, *, start: datetime, employee: Employee, answered: 
                          rang=[employee], last_talked=eid if answered else None)
 
 
+def with_attribution(scenario: Scenario, **fields: str) -> Scenario:
+    """The same scenario whose report row says where the call came from (``campaign_name``,
+    ``utm_source`` … ``utm_content``, ``search_query``, ``ua_client_id``, ``ym_client_id``)."""
+    scenario.report.update(fields)
+    return scenario
+
+
 KIND_WEIGHTS: dict[str, int] = {
     "answered": 35,
     "ring_group_answered": 15,

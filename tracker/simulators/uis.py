@@ -61,7 +61,10 @@ DEFAULT_EMPLOYEES: list[dict[str, Any]] = [
 CALL_FIELDS = ["id", "start_time", "finish_time", "direction", "is_lost", "contact_phone_number",
                "virtual_phone_number", "communication_id", "wait_duration", "talk_duration",
                "total_duration", "call_records", "employees", "last_talked_employee_id",
-               "call_api_external_id", "finish_reason"]
+               "call_api_external_id", "finish_reason",
+               # where the call came from (a scenario's report holds them when it was tracked)
+               "campaign_name", "utm_source", "utm_medium", "utm_campaign", "utm_term",
+               "utm_content", "search_query", "ua_client_id", "ym_client_id"]
 STATUSES = {1: "available", 2: "break", 3: "do_not_disturb", 4: "not_at_workplace",
             5: "not_at_work"}
 

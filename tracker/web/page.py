@@ -172,7 +172,8 @@ def register(app: QuartTrio, ctx: Context) -> None:
         data = await pagedata.read(ctx.settings.database.path, partial(
             pagedata.read_overview, filters=filters, states=ctx.chart.states,
             final_states=ctx.chart.final_states, tz=ctx.tz, now=now,
-            with_log=viewer.can_read_log))
+            with_log=viewer.can_read_log,
+            callback_target_minutes=ctx.settings.tasks.callback_target_minutes))
         counts = app.extensions.get("tracker.failures")  # web/failures.py
         data.update(viewer=viewer, filters=filters, outbox=outbox_stats.get(),
                     live=ctx.live.statistics(), uptime=now - ctx.lifecycle.started_at,
