@@ -10,6 +10,7 @@ Task tree (one trio nursery each):
     ├── live.run()              the status page's change feed (closed first on shutdown)
     ├── Sweeper.run()           stale calls settled from the Data API report
     ├── Reconciler.run()        missed sessions created from the Data API report
+    ├── DealsLoop.run()         retailCRM orders -> UIS deals (when deals.enabled)
     └── http
         ├── hypercorn serve     stops when the shutdown trigger returns
         └── signal watcher      SIGINT/SIGTERM -> draining (Connection: close) -> stop
@@ -38,8 +39,10 @@ from tracker.db import integrity, maintenance, requestlog
 from tracker.db.checkpointer import Checkpointer
 from tracker.db.store import Store
 from tracker.delivery import busy
+from tracker.delivery import deals as deal_delivery
 from tracker.delivery.outbox import Outbox
 from tracker.errors import StoreError
+from tracker.features.deals import DealsLoop
 from tracker.features.reconcile import Reconciler
 from tracker.features.status_sync import StatusSync
 from tracker.features.sweeper import Sweeper
@@ -57,6 +60,7 @@ class Running:
 
     url: str
     ctx: Context
+    deals: DealsLoop | None = None  # the deals loop (tests poke it instead of waiting)
 
 
 def open_store(settings: Settings, *, check: bool = True) -> Store:
@@ -111,6 +115,9 @@ async def serve(
             app = create_app(ctx)
             sync = StatusSync(ctx)  # registers its outbox kinds: before the outbox starts
             busy.install(ctx)
+            # The deals loop's outbox kinds: registered here, in this one place.
+            outbox.handlers.update(deal_delivery.handlers(store, uis, settings))
+            deals_loop = DealsLoop(store, settings, crm, wake=outbox.wake)
             outbox.on_wake.append(ctx.live.poke)
             async with trio.open_nursery() as workers:
                 await workers.start(outbox.run)
@@ -123,6 +130,7 @@ async def serve(
                 await workers.start(ctx.live.run)
                 await workers.start(Sweeper(ctx).run)
                 await workers.start(Reconciler.for_context(ctx).run)
+                await workers.start(deals_loop.run)
                 await workers.start(requestlog.run_pruner, store,
                                     settings.admin.request_log_retention_days)
                 if settings.status_sync.poll_seconds > 0:
@@ -148,7 +156,7 @@ async def serve(
 
                     url: str = await http_tasks.start(run_http)
                     log.info("tracker listening on %s", url)
-                    task_status.started(Running(url, ctx))
+                    task_status.started(Running(url, ctx, deals_loop))
                 workers.cancel_scope.cancel()
     except BaseException:
         store.close()

@@ -7,6 +7,8 @@ Routes under ``/api/v5/`` and ``/api/v4/`` (``*`` = both versions):
   ``/edit``; ``POST v4/telephony/setting/{code}/edit`` (``configuration``), ``GET`` likewise
 - ``POST v5/users/{id}/status`` (``status``), ``GET */users/{id}`` (404 for an id outside
   ``known_user_ids``), ``GET */telephony/manager?phone=``
+- orders and their history, ``reference/statuses``, ``reference/status-groups``, ``users``:
+  see ``crm_orders`` (``self.orders``)
 
 Checks, in order: fault (``fault`` or ``fail_next``), rate limit (503), route (404 ``API method
 not found``), key (401 ``"apiKey" is missing.``, 403 ``Wrong "apiKey" value.``), body shape (400
@@ -40,6 +42,7 @@ import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
+from tracker.simulators.crm_orders import OrdersBook
 from tracker.simulators.server import Changes
 
 T = TypeVar("T")
@@ -134,6 +137,11 @@ class CrmSimulator:
             ("GET", re.compile(r"users/(?P<user_id>\d+)"), ("v4", "v5"), self._user_get),
             ("GET", re.compile(r"telephony/manager"), ("v4", "v5"), self._manager),
         ]
+        # -- orders, their history, statuses and users (issue 15: deals) -------------------
+        self.orders = OrdersBook(CrmError, user_ids=known_user_ids)
+        self._routes += [(method, re.compile(pattern), ("v5",), handler)
+                         for method, pattern, handler in self.orders.routes()]
+        # -- end of the deals block ---------------------------------------------------------
         self.app = self._build_app()
 
     # -- test controls ---------------------------------------------------------------------

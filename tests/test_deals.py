@@ -1,0 +1,164 @@
+"""retailCRM orders into UIS's end-to-end analytics: the real daemon against both simulators."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import trio
+
+from tests.support import ANNA, open_daemon, open_sims, settings_for
+from tracker.core import deals as model
+from tracker.simulators import scenarios
+
+SESSION = 3_100_000_123
+TZ = ZoneInfo("Europe/Moscow")
+ON = {"enabled": True, "poll_seconds": 60}
+
+
+def _now() -> datetime:
+    return datetime.now(TZ).replace(tzinfo=None, microsecond=0)
+
+
+async def _pass(d) -> None:
+    with trio.fail_after(10):
+        await d.deals.wait_next_pass()
+    await d.settle()
+
+
+def _stages(rows: list[dict]) -> list[str]:
+    return [r["stage_ext_id"] for r in rows]
+
+
+async def test_order_created_after_a_call_is_one_deal_linked_to_that_session(tmp_path):
+    with trio.fail_after(30):
+        async with open_sims() as sims:
+            settings = settings_for(tmp_path, sims.uis_url, sims.crm_url, deals=ON)
+            async with open_daemon(sims, settings) as d:
+                await d.play(scenarios.answered(SESSION, start=_now() - timedelta(minutes=10),
+                                                employee=ANNA))
+                order_id = sims.crm.orders.create_order(phone="8 (999) 123-45-67", total=4200)
+                await _pass(d)
+                rows = sims.uis.deals.history(str(order_id))
+                assert len(rows) == 1
+                row = rows[0]
+                assert row["communication_id"] == SESSION
+                assert row["communication_type"] == "call"
+                assert row["stage_ext_id"] == "new" and row["price"] == 4200
+                customer = str(sims.crm.orders.orders[order_id]["customer"]["id"])
+                assert row["main_contact_ext_id"] == customer
+                assert sims.uis.deals.contacts[customer]["phone_numbers"] == ["8 (999) 123-45-67"]
+                assert row["responsible_ext_id"] == "1" and "1" in sims.uis.deals.responsibles
+                funnel = sims.uis.deals.funnels[model.FUNNEL_EXT_ID]
+                assert [s["ext_id"] for s in funnel["stages"]["in_process"]] == [
+                    "new", "availability-confirmed", "assembling", "send-to-delivery"]
+                assert funnel["stages"]["success"]["ext_id"] == "won"
+                # the structure went first, once; a second pass sends nothing new
+                await _pass(d)
+                methods = [r["method"] for r in sims.uis.rpc_requests
+                           if r.get("method", "").endswith(("sales_funnel", "deal_employees"))]
+                assert methods == ["create.sales_funnel", "create.deal_employees"]
+                assert len(sims.uis.deals.uploads) == 1
+
+
+async def test_order_through_three_statuses_to_complete_is_one_won_deal(tmp_path):
+    with trio.fail_after(30):
+        async with open_sims() as sims:
+            settings = settings_for(tmp_path, sims.uis_url, sims.crm_url, deals=ON)
+            book = sims.crm.orders
+            async with open_daemon(sims, settings) as d:
+                order_id = book.create_order(total=2500, email="buyer@shop.test")
+                book.set_status(order_id, "availability-confirmed", at="2026-01-01 10:00:01")
+                await _pass(d)
+                book.set_status(order_id, "assembling", at="2026-01-01 10:00:02")
+                book.set_status(order_id, "send-to-delivery", at="2026-01-01 10:00:03")
+                book.set_field(order_id, "totalSumm", 2700, at="2026-01-01 10:00:04")
+                book.set_status(order_id, "complete", at="2026-01-01 10:00:05")
+                await _pass(d)
+                rows = sims.uis.deals.history(str(order_id))
+                assert {r["ext_id"] for r in rows} == {str(order_id)}
+                assert sorted(_stages(rows)) == sorted(
+                    ["new", "availability-confirmed", "assembling", "send-to-delivery", "won"])
+                won = [r for r in rows if r["stage_ext_id"] == "won"]
+                assert won[0]["closed_date_time"] == "2026-01-01 10:00:05"
+                assert won[0]["price"] == 2700
+                assert all("closed_date_time" not in r for r in rows if r not in won)
+                # five stage rows and one amount update went out, nothing twice
+                sent = [r for batch in sims.uis.deals.uploads for r in batch]
+                assert len(sent) == 6
+                assert d.count("deal_transitions", "order_id = ?", order_id) == 6
+
+
+async def test_restart_midway_reads_and_uploads_nothing_twice(tmp_path):
+    with trio.fail_after(40):
+        async with open_sims() as sims:
+            settings = settings_for(tmp_path, sims.uis_url, sims.crm_url, deals=ON)
+            book = sims.crm.orders
+            first = [book.create_order(phone=f"+7999000000{i}") for i in range(3)]
+            async with open_daemon(sims, settings) as d:
+                # UIS keeps failing the uploads: they are still queued when the daemon stops
+                sims.uis.fail_next("upload.deals_history", "internal_error", -32603, 1000)
+                await d.deals.wait_next_pass()
+                await sims.uis.wait_for_rpc("upload.deals_history")
+            sims.uis._faults.clear()
+            reads_before = [r for r in sims.crm.requests if r.endpoint == "orders/history"]
+            last_seen = max(e["id"] for e in book.history)
+            for order_id in first:
+                book.set_status(order_id, "assembling")
+            second = book.create_order(phone="+79990000009")
+            async with open_daemon(sims, settings) as d:
+                await _pass(d)
+            reads_after = [r for r in sims.crm.requests if r.endpoint == "orders/history"]
+            resumed = reads_after[len(reads_before)]
+            assert resumed.query["filter[sinceId]"] == str(last_seen)
+            sent = [(r["ext_id"], r["stage_ext_id"], r["modified_stage_date_time"])
+                    for batch in sims.uis.deals.uploads for r in batch]
+            assert len(sent) == len(set(sent)) == 2 * len(first) + 1
+            assert {ext for ext, _, _ in sent} == {str(i) for i in [*first, second]}
+
+
+async def test_uis_refusing_one_deal_makes_one_dead_letter_and_delivers_the_rest(tmp_path):
+    with trio.fail_after(30):
+        async with open_sims() as sims:
+            settings = settings_for(tmp_path, sims.uis_url, sims.crm_url, deals=ON)
+            book = sims.crm.orders
+            ids = [book.create_order(phone=f"+7999111111{i}") for i in range(3)]
+            sims.uis.deals.refuse[str(ids[1])] = "deal_is_locked"
+            async with open_daemon(sims, settings) as d:
+                await _pass(d)
+                await d.settle()
+                assert sims.uis.deals.history(str(ids[0]))
+                assert sims.uis.deals.history(str(ids[2]))
+                assert not sims.uis.deals.history(str(ids[1]))
+                dead = d.ctx.store.dead_letters()
+                assert len(dead) == 1 and dead[0]["kind"] == "deals_upload"
+                assert json.loads(dead[0]["payload"])["orders"][0]["order_id"] == ids[1]
+                assert "deal_is_locked" in dead[0]["last_error"]
+
+
+async def test_orders_without_contact_data_deleted_or_unknown_are_skipped_and_the_cursor_moves(
+        tmp_path):
+    with trio.fail_after(30):
+        async with open_sims() as sims:
+            settings = settings_for(tmp_path, sims.uis_url, sims.crm_url, deals=ON)
+            book = sims.crm.orders
+            anonymous = book.create_order(phone=None)
+            doomed = book.create_order()
+            book.set_status(doomed, "assembling")
+            book.delete_order(doomed)
+            book.set_status(book.create_order(), "status-nobody-knows")
+            good = book.create_order()
+            async with open_daemon(sims, settings) as d:
+                await _pass(d)
+                row = d.ctx.store.conn.execute(
+                    "SELECT skipped_reason FROM deal_orders WHERE order_id = ?",
+                    (anonymous,)).fetchone()
+                assert "no phone" in row[0]
+                assert not sims.uis.deals.history(str(anonymous))
+                assert sims.uis.deals.history(str(good))
+                assert d.ctx.store.conn.execute(
+                    "SELECT value FROM deal_state WHERE key = 'since_id'").fetchone()[0] == str(
+                    book.history[-1]["id"])
+                page = await d.client.get(d.url + "/", headers=d.page_headers())
+                assert page.status_code == 200
