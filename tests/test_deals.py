@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+import io
 import json
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -9,6 +11,7 @@ from zoneinfo import ZoneInfo
 import trio
 
 from tests.support import ANNA, open_daemon, open_sims, settings_for
+from tracker.cli import deals as cli_deals
 from tracker.core import deals as model
 from tracker.simulators import scenarios
 
@@ -162,3 +165,46 @@ async def test_orders_without_contact_data_deleted_or_unknown_are_skipped_and_th
                     book.history[-1]["id"])
                 page = await d.client.get(d.url + "/", headers=d.page_headers())
                 assert page.status_code == 200
+
+
+def _busiest_second(times: list[float]) -> int:
+    """The most requests that fell into any one-second window [t, t + 1)."""
+    ordered = sorted(times)
+    return max((bisect.bisect_left(ordered, t + 1.0) - i for i, t in enumerate(ordered)),
+               default=0)
+
+
+async def test_backfill_of_2000_orders_stays_inside_both_rate_limits_and_resumes(tmp_path):
+    with trio.fail_after(120):
+        # retailCRM's simulator answers 503 above 10 requests/s (its documented limit)
+        async with open_sims(rate_limit_per_second=10) as sims:
+            settings = settings_for(tmp_path, sims.uis_url, sims.crm_url, deals=ON,
+                                    ratelimit={"crm_per_second": 8, "uis_per_second": 20})
+            book = sims.crm.orders
+            base = datetime(2026, 11, 2, 9, 0, 0)
+            ids = [book.create_order(phone=f"+7999{i:07d}", created_at=(
+                base + timedelta(seconds=60 * i)).strftime("%Y-%m-%d %H:%M:%S"))
+                for i in range(2000)]
+            book.create_order(created_at="2026-12-02 09:00:00")  # outside the period
+            err = io.StringIO()
+            out = io.StringIO()
+            code = await cli_deals.run_backfill(settings, datetime(2026, 11, 1),
+                                                datetime(2026, 11, 30, 23, 59, 59),
+                                                deliver=True, progress=True, out=out, err=err)
+            assert code == 0, out.getvalue()
+            assert "2000 history entries read" in out.getvalue()
+            assert "deals backfill:" in err.getvalue()  # the progress line
+            assert set(sims.uis.deals.deals) == {str(i) for i in ids}
+            assert [r.status for r in sims.crm.requests if r.status != 200] == []
+            assert _busiest_second(sims.uis.rpc_times) <= 22
+            uploads = len(sims.uis.deals.uploads)
+            assert uploads == 2000 // 50
+            # a second run of the same period reads one page and sends nothing
+            reads = len([r for r in sims.crm.requests if r.endpoint == "orders/history"])
+            code = await cli_deals.run_backfill(settings, datetime(2026, 11, 1),
+                                                datetime(2026, 11, 30, 23, 59, 59),
+                                                deliver=True, out=out, err=err)
+            assert code == 0
+            assert len([r for r in sims.crm.requests if r.endpoint == "orders/history"]) == \
+                reads + 1
+            assert len(sims.uis.deals.uploads) == uploads
