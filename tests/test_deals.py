@@ -5,15 +5,19 @@ from __future__ import annotations
 import bisect
 import io
 import json
+import time
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import trio
 
 from tests.support import ANNA, open_daemon, open_sims, settings_for
+from tracker.cli import check
 from tracker.cli import deals as cli_deals
 from tracker.core import deals as model
+from tracker.db import pagedata
 from tracker.simulators import scenarios
+from tracker.web import page
 
 SESSION = 3_100_000_123
 TZ = ZoneInfo("Europe/Moscow")
@@ -163,8 +167,12 @@ async def test_orders_without_contact_data_deleted_or_unknown_are_skipped_and_th
                 assert d.ctx.store.conn.execute(
                     "SELECT value FROM deal_state WHERE key = 'since_id'").fetchone()[0] == str(
                     book.history[-1]["id"])
-                page = await d.client.get(d.url + "/", headers=d.page_headers())
-                assert page.status_code == 200
+                # the status page's part says what happened
+                now = time.time()
+                html = page._environment(d.ctx).get_template("parts/deals.html").render(
+                    deals=pagedata.read_deals(d.ctx.store.conn, now), now=now)
+                assert "orders seen" in html and "no phone, no e-mail" in html
+                assert ">4</strong>" in html  # anonymous, the unknown status's, good, doomed
 
 
 def _busiest_second(times: list[float]) -> int:
@@ -208,3 +216,41 @@ async def test_backfill_of_2000_orders_stays_inside_both_rate_limits_and_resumes
             assert len([r for r in sims.crm.requests if r.endpoint == "orders/history"]) == \
                 reads + 1
             assert len(sims.uis.deals.uploads) == uploads
+
+
+async def test_check_says_whether_the_uis_key_may_load_deals(tmp_path):
+    with trio.fail_after(20):
+        async with open_sims() as sims:
+            settings = settings_for(tmp_path, sims.uis_url, sims.crm_url, deals=ON)
+            lines: list[str] = []
+            await check.check(settings, lines.append)
+            deal_rows = [line for line in "\n".join(lines).splitlines()
+                         if line.startswith("deals")]
+            assert len(deal_rows) == 2 and all(" ok " in line for line in deal_rows)
+            sims.uis.fail_next("get.sales_funnel", "method_component_disabled", -32003)
+            lines.clear()
+            assert await check.check(settings, lines.append) == 1
+            refused = [line for line in lines[0].splitlines() if line.startswith("deals")]
+            assert "FAIL" in refused[0] and "method_component_disabled" in refused[0]
+            # deals off: nothing about them is checked
+            lines.clear()
+            off = settings_for(tmp_path, sims.uis_url, sims.crm_url)
+            await check.check(off, lines.append)
+            assert not [line for line in lines[0].splitlines() if line.startswith("deals")]
+
+
+async def test_history_that_goes_back_behind_the_cursor_is_logged_and_sends_nothing_twice(
+        tmp_path, caplog):
+    with trio.fail_after(30):
+        async with open_sims() as sims:
+            settings = settings_for(tmp_path, sims.uis_url, sims.crm_url, deals=ON)
+            book = sims.crm.orders
+            first = book.create_order()
+            async with open_daemon(sims, settings) as d:
+                await _pass(d)
+                second = book.create_order()
+                book.rewind_next = True
+                await _pass(d)
+                assert "did sinceId go backwards?" in caplog.text
+                sent = [r["ext_id"] for batch in sims.uis.deals.uploads for r in batch]
+                assert sorted(sent) == sorted([str(first), str(second)])

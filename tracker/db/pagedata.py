@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 import trio
 
 from tracker.core import phones
+from tracker.db import deals
 
 T = TypeVar("T")
 
@@ -342,3 +343,45 @@ def _names_from(events: list[dict[str, Any]]) -> dict[int, str]:
         if isinstance(uis_id, int) and not isinstance(uis_id, bool):
             names[uis_id] = body["employee_full_name"][:200]
     return names
+
+
+# -- the deals loop (issue 15; the part parts/deals.html) -------------------------------------
+
+
+def read_deals(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
+    """What the status page shows of the deals loop (plain data; works on a read-only
+    connection, and on a database the deals loop never ran on)."""
+
+    def one(sql: str, *args: Any) -> Any:
+        row = conn.execute(sql, args).fetchone()
+        return None if row is None else row[0]
+
+    try:
+        state = {r[0]: (r[1], r[2]) for r in conn.execute(
+            "SELECT key, value, updated_at FROM deal_state")}
+    except sqlite3.OperationalError:  # not migrated yet
+        return {"available": False}
+    caught_up = state.get("caught_up_at", (None, None))[0]
+    outbox = {r[0]: r[1] for r in conn.execute(
+        "SELECT status, count(*) FROM outbox WHERE kind IN (?, ?) GROUP BY status", deals.DEAL_KINDS)}
+    skipped = [dict(r) for r in conn.execute(
+        "SELECT order_id, number, skipped_reason, updated_at FROM deal_orders"
+        " WHERE skipped_reason IS NOT NULL ORDER BY updated_at DESC LIMIT 20")]
+    return {
+        "available": True,
+        "cursor": state.get("since_id", (None, None))[0],
+        "orders_seen": one("SELECT count(*) FROM deal_orders") or 0,
+        "deals_uploaded": one("SELECT count(*) FROM deal_orders WHERE uploaded_at IS NOT NULL")
+        or 0,
+        "transitions_uploaded": one(
+            "SELECT count(*) FROM deal_transitions WHERE uploaded_at IS NOT NULL") or 0,
+        "linked": one("SELECT count(*) FROM deal_orders WHERE call_id IS NOT NULL") or 0,
+        "skipped_total": one("SELECT count(*) FROM deal_orders WHERE skipped_reason IS NOT NULL")
+        or 0,
+        "skipped": skipped,
+        "lag_seconds": None if caught_up is None else max(0.0, now - float(caught_up)),
+        "last_error": state.get("last_error", (None, None))[0],
+        "last_error_at": state.get("last_error", (None, None))[1],
+        "pending": outbox.get("pending", 0),
+        "dead": outbox.get("dead", 0),
+    }

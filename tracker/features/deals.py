@@ -335,7 +335,7 @@ class DealsLoop:
         batch = []
         for order_id, transition_ids in touched.items():
             current = db.order(self._store, order_id)
-            if current is None:
+            if current is None or order_id in gone:
                 continue
             numbers = [d for d in (phones.to_digits(p) for p in _json_list(current["phones"]))
                        if d]

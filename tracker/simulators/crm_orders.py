@@ -6,7 +6,8 @@ the way retailCRM pages it), ``GET orders`` (``filter[ids][]``, ``limit``, ``pag
 ``GET reference/statuses``, ``GET reference/status-groups``, ``GET users`` (``limit``,
 ``page``). A deleted order is gone from ``orders``; its history keeps the entries, plus one with
 ``deleted: true``. Tests drive it with ``create_order``, ``set_status``, ``set_field`` and
-``delete_order``.
+``delete_order``; ``rewind_next`` makes the next history answer ignore ``sinceId`` (entries the
+client has seen come again).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class OrdersBook:
         self.users: dict[int, dict[str, Any]] = {
             uid: {"id": uid, "firstName": f"Manager{uid}", "lastName": "Test", "active": True,
                   "email": f"user{uid}@shop.test"} for uid in sorted(user_ids or {1, 2, 3})}
+        self.rewind_next = False  # the next history answer ignores sinceId (a fault)
         self._next_order = 1001
         self._next_history = 1
 
@@ -162,6 +164,8 @@ class OrdersBook:
         rows = list(self.history)
         problems = {}
         since = query.get("filter[sinceId]")
+        if self.rewind_next:
+            self.rewind_next, since = False, None
         if since is not None:
             if not since.isdigit():
                 problems["sinceId"] = "This value should be of type integer."
