@@ -254,3 +254,26 @@ async def test_history_that_goes_back_behind_the_cursor_is_logged_and_sends_noth
                 assert "did sinceId go backwards?" in caplog.text
                 sent = [r["ext_id"] for batch in sims.uis.deals.uploads for r in batch]
                 assert sorted(sent) == sorted([str(first), str(second)])
+
+
+async def test_outages_and_spent_budgets_make_the_loop_wait_and_resume(tmp_path, caplog):
+    with trio.fail_after(40):
+        async with open_sims() as sims:
+            settings = settings_for(tmp_path, sims.uis_url, sims.crm_url, deals=ON)
+            book = sims.crm.orders
+            order_id = book.create_order()
+            sims.crm.fault = "503"  # retailCRM down for the first pass
+            async with open_daemon(sims, settings) as d:
+                with trio.fail_after(15):
+                    await d.deals.wait_next_pass()
+                summary = pagedata.read_deals(d.ctx.store.conn, time.time())
+                assert "503" in summary["last_error"]
+                assert not sims.uis.deals.uploads
+                sims.crm.fault = None
+                # UIS's minute budget: 7 requests a "minute" of 2 s; reconcile.minute_reserve
+                # (5) is kept for live call work, so the deals wait for the next minute.
+                sims.uis.minute_limit, sims.uis.minute_seconds = 7, 2.0
+                await _pass(d)
+                await sims.uis.wait_for(lambda: sims.uis.deals.history(str(order_id)), 20)
+                assert "the reserve for live call work is 5" in caplog.text
+                assert pagedata.read_deals(d.ctx.store.conn, time.time())["last_error"] is None

@@ -363,7 +363,8 @@ def read_deals(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
         return {"available": False}
     caught_up = state.get("caught_up_at", (None, None))[0]
     outbox = {r[0]: r[1] for r in conn.execute(
-        "SELECT status, count(*) FROM outbox WHERE kind IN (?, ?) GROUP BY status", deals.DEAL_KINDS)}
+        "SELECT status, count(*) FROM outbox WHERE kind IN (?, ?) GROUP BY status",
+        deals.DEAL_KINDS)}
     skipped = [dict(r) for r in conn.execute(
         "SELECT order_id, number, skipped_reason, updated_at FROM deal_orders"
         " WHERE skipped_reason IS NOT NULL ORDER BY updated_at DESC LIMIT 20")]
