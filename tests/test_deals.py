@@ -34,6 +34,11 @@ async def _pass(d) -> None:
     await d.settle()
 
 
+def _at(seconds: int) -> str:
+    """A moment shortly after now, as retailCRM writes it (entries come in time order)."""
+    return (_now() + timedelta(seconds=seconds)).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def _stages(rows: list[dict]) -> list[str]:
     return [r["stage_ext_id"] for r in rows]
 
@@ -67,6 +72,20 @@ async def test_order_created_after_a_call_is_one_deal_linked_to_that_session(tmp
                            if r.get("method", "").endswith(("sales_funnel", "deal_employees"))]
                 assert methods == ["create.sales_funnel", "create.deal_employees"]
                 assert len(sims.uis.deals.uploads) == 1
+                # a new retailCRM status and a renamed user reach UIS at the next pass
+                before = len(sims.uis.rpc_requests)
+                sims.crm.orders.add_status("prepayed", "Предоплата", "approval", ordering=20)
+                sims.crm.orders.users[2]["lastName"] = "Renamed"
+                await _pass(d)
+                funnel = sims.uis.deals.funnels[model.FUNNEL_EXT_ID]
+                assert "prepayed" in [s["ext_id"] for s in funnel["stages"]["in_process"]]
+                assert sims.uis.deals.responsibles["2"]["name"] == "Manager2 Renamed"
+                updates = [r for r in sims.uis.rpc_requests[before:] if r.get("method") in (
+                    "update.sales_funnel", "create.deal_employees")]
+                assert [r["method"] for r in updates] == ["update.sales_funnel",
+                                                          "create.deal_employees"]
+                assert updates[1]["params"]["employees"] == [{"ext_id": "2",
+                                                              "name": "Manager2 Renamed"}]
 
 
 async def test_order_through_three_statuses_to_complete_is_one_won_deal(tmp_path):
@@ -76,19 +95,20 @@ async def test_order_through_three_statuses_to_complete_is_one_won_deal(tmp_path
             book = sims.crm.orders
             async with open_daemon(sims, settings) as d:
                 order_id = book.create_order(total=2500, email="buyer@shop.test")
-                book.set_status(order_id, "availability-confirmed", at="2026-01-01 10:00:01")
+                book.set_status(order_id, "availability-confirmed", at=_at(1))
                 await _pass(d)
-                book.set_status(order_id, "assembling", at="2026-01-01 10:00:02")
-                book.set_status(order_id, "send-to-delivery", at="2026-01-01 10:00:03")
-                book.set_field(order_id, "totalSumm", 2700, at="2026-01-01 10:00:04")
-                book.set_status(order_id, "complete", at="2026-01-01 10:00:05")
+                book.set_status(order_id, "assembling", at=_at(2))
+                book.set_status(order_id, "send-to-delivery", at=_at(3))
+                book.set_field(order_id, "totalSumm", 2700, at=_at(4))
+                closed = _at(5)
+                book.set_status(order_id, "complete", at=closed)
                 await _pass(d)
                 rows = sims.uis.deals.history(str(order_id))
                 assert {r["ext_id"] for r in rows} == {str(order_id)}
                 assert sorted(_stages(rows)) == sorted(
                     ["new", "availability-confirmed", "assembling", "send-to-delivery", "won"])
                 won = [r for r in rows if r["stage_ext_id"] == "won"]
-                assert won[0]["closed_date_time"] == "2026-01-01 10:00:05"
+                assert won[0]["closed_date_time"] == closed
                 assert won[0]["price"] == 2700
                 assert all("closed_date_time" not in r for r in rows if r not in won)
                 # five stage rows and one amount update went out, nothing twice

@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -47,6 +47,7 @@ PAGE_LIMIT = 100  # retailCRM's largest page
 MAX_PAGES_PER_PASS = 50  # a long backlog is read over several passes, the structure refreshed
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 CURSOR = "since_id"
+START_BEFORE = timedelta(days=1)
 
 
 @dataclass
@@ -111,8 +112,10 @@ class DealsLoop:
         if not self._settings.deals.enabled:
             return
         while True:
-            await self.pass_once()
-            with trio.move_on_after(self._settings.deals.poll_seconds):
+            tally = await self.pass_once()
+            # A backlog longer than one pass goes on at once; a caught-up or failed pass waits.
+            backlog = not tally.caught_up and self._last_error is None
+            with trio.move_on_after(0.1 if backlog else self._settings.deals.poll_seconds):
                 await self._poked.wait()
             self._poked = trio.Event()
 
@@ -125,8 +128,9 @@ class DealsLoop:
         self._last_pass_at = time.time()
         start = db.get_state(self._store, "start_date")
         if start is None:
-            # The daemon's history starts when deals were turned on; the past is the backfill's.
-            start = datetime.now(self._tz).strftime(TIME_FORMAT)
+            # The daemon's history starts a day before deals were turned on (the orders just
+            # taken are usually wanted too); anything older is the backfill's.
+            start = (datetime.now(self._tz) - START_BEFORE).strftime(TIME_FORMAT)
             with self._store.transaction():
                 db.set_state(self._store, "start_date", start)
         try:
