@@ -9,9 +9,10 @@ import time
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import httpx
 import trio
 
-from tests.support import ANNA, open_daemon, open_sims, settings_for
+from tests.support import ANNA, CRM_KEY, UIS_TOKEN, open_daemon, open_sims, settings_for
 from tracker.cli import check
 from tracker.cli import deals as cli_deals
 from tracker.core import deals as model
@@ -297,3 +298,40 @@ async def test_outages_and_spent_budgets_make_the_loop_wait_and_resume(tmp_path,
                 await sims.uis.wait_for(lambda: sims.uis.deals.history(str(order_id)), 20)
                 assert "the reserve for live call work is 5" in caplog.text
                 assert pagedata.read_deals(d.ctx.store.conn, time.time())["last_error"] is None
+
+
+async def test_simulators_refuse_what_the_vendors_refuse(tmp_path):
+    with trio.fail_after(20):
+        async with open_sims() as sims, httpx.AsyncClient() as http:
+            base = f"{sims.crm_url}/api/v5/"
+            key = {"X-API-KEY": CRM_KEY}
+            bad_limit = await http.get(base + "orders/history", params={"limit": 7}, headers=key)
+            assert bad_limit.status_code == 400 and "limit" in bad_limit.json()["errors"]
+            bad_since = await http.get(base + "orders/history",
+                                       params={"filter[sinceId]": "x", "limit": 20}, headers=key)
+            assert bad_since.status_code == 400
+            assert (await http.get(base + "orders/history", headers={"X-API-KEY": "no"})
+                    ).status_code == 403
+            page = await http.get(base + "orders/history", params={"limit": 20}, headers=key)
+            assert page.json()["pagination"]["totalCount"] == 0
+
+            async def rpc(method: str, **params: object) -> dict:
+                body = {"jsonrpc": "2.0", "id": 1, "method": method,
+                        "params": {"access_token": UIS_TOKEN, **params}}
+                return (await http.post(f"{sims.uis_url}/dataapi/v2.0", json=body)).json()
+
+            row = {"ext_id": "1", "name": "Order 1", "created_date_time": "2026-01-01 10:00:00",
+                   "sales_funnel_ext_id": "f", "stage_ext_id": "s", "communication_id": 5,
+                   "communication_type": "call"}
+            missing = await rpc("upload.deals_history", deals=[row])
+            assert missing["error"]["data"]["mnemonic"] == "entity_not_found"
+            assert missing["error"]["data"]["field"] == "deals.0.sales_funnel_ext_id"
+            funnel = await rpc("create.sales_funnel", ext_id="f", name="F", stages={
+                "success": {"ext_id": "won", "name": "Won"},
+                "failed": {"ext_id": "lost", "name": "Lost"},
+                "in_process": [{"ext_id": "s", "name": "S", "order": 10}]})
+            assert "result" in funnel
+            unknown = await rpc("upload.deals_history", deals=[{**row, "colour": "red"}])
+            assert unknown["error"]["data"]["mnemonic"] == "parameter_is_not_allowed"
+            assert "result" in await rpc("upload.deals_history", deals=[row])
+            assert sims.uis.deals.history("1")[0]["stage_ext_id"] == "s"

@@ -118,12 +118,6 @@ class _DealLanes:
                 if r["lane"] == db.LANE][:limit]
 
 
-def _counts(store: Store) -> dict[str, int]:
-    rows = store.conn.execute("SELECT status, count(*) FROM outbox WHERE lane = ?"
-                              " GROUP BY status", (db.LANE,)).fetchall()
-    return {r[0]: r[1] for r in rows}
-
-
 async def _deliver(store: Store, settings: Settings, crm: CrmClient, uis: UisClient,
                    bar: Progress) -> dict[str, int]:
     from tracker.delivery.outbox import Outbox
@@ -134,7 +128,7 @@ async def _deliver(store: Store, settings: Settings, crm: CrmClient, uis: UisCli
     async with trio.open_nursery() as nursery:
         await nursery.start(outbox.run)
         while time.monotonic() < deadline:
-            counts = _counts(store)
+            counts = db.lane_counts(store)
             bar.show(f"uploading deals: {counts.get('pending', 0)} batches pending")
             if not counts.get("pending"):
                 break
@@ -143,4 +137,4 @@ async def _deliver(store: Store, settings: Settings, crm: CrmClient, uis: UisCli
             await trio.sleep(0.05)
         nursery.cancel_scope.cancel()
     bar.close()
-    return _counts(store)
+    return db.lane_counts(store)

@@ -192,3 +192,10 @@ def stages(store: Store) -> dict[str, Stage]:
         data = json.loads(value)
         out[code] = Stage(data["ext_id"], data["outcome"], data["group"])
     return out
+
+
+def lane_counts(store: Store) -> dict[str, int]:
+    """The deals lane's outbox rows by status (the backfill's progress)."""
+    rows = store.conn.execute("SELECT status, count(*) FROM outbox WHERE lane = ?"
+                              " GROUP BY status", (LANE,)).fetchall()
+    return {r[0]: r[1] for r in rows}

@@ -54,7 +54,7 @@ class DealsBook:
     def history(self, ext_id: str) -> list[dict[str, Any]]:
         """A deal's rows, in the order the stages were reached."""
         rows = self.deals.get(str(ext_id), {})
-        return sorted(rows.values(), key=lambda r: r["modified_stage_date_time"])
+        return [row for _, row in sorted(rows.items(), key=lambda item: item[0][1])]
 
     # -- structure -------------------------------------------------------------------------
 
