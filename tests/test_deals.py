@@ -335,3 +335,12 @@ async def test_simulators_refuse_what_the_vendors_refuse(tmp_path):
             assert unknown["error"]["data"]["mnemonic"] == "parameter_is_not_allowed"
             assert "result" in await rpc("upload.deals_history", deals=[row])
             assert sims.uis.deals.history("1")[0]["stage_ext_id"] == "s"
+
+
+def test_deals_backfill_is_a_subcommand():
+    from tracker.cli import main
+
+    args = main.build_parser().parse_args(
+        ["deals", "backfill", "--from", "2024-05-01", "--till", "2024-05-31", "--no-deliver"])
+    assert args.func is main._deals and args.no_deliver
+    assert main.main(["deals", "backfill", "--from", "2024-05-31", "--till", "2024-05-01"]) == 2

@@ -8,8 +8,9 @@ it, and batches keep their order):
 - ``deals_upload``: a batch of orders and the transitions to send. The handler builds the rows
   from the store at delivery time (the latest amount and contact), makes sure UIS has their
   contacts (``create.deal_contacts``, only for contacts that changed), then sends one
-  ``upload.deals_history``. When UIS refuses a batch of several orders, the batch is split
-  into one row per order, so the refused deal becomes the only dead letter and the others go.
+  ``upload.deals_history``. When UIS refuses a parameter of a batch of several orders, the
+  batch is split into one row per order, so the refused deal becomes the only dead letter and
+  the others go (a refused key or method is one dead letter for the whole batch).
 
 Every UIS call first leaves live call work its share of the minute and day budgets
 (``reconcile.minute_reserve`` / ``day_reserve``): below the reserve the row waits and resumes.
@@ -32,6 +33,7 @@ from tracker.errors import RetryableDelivery
 log = logging.getLogger(__name__)
 
 PRIORITY = 5  # below pop-ups (0) and call uploads (1): it may always wait
+INVALID_PARAMS = -32602  # the JSON-RPC group of UIS's refusals of a parameter's value
 
 
 def handlers(store: Store, uis: UisClient, settings: Settings) -> dict[str, Handler]:
@@ -116,7 +118,9 @@ class _Sender:
             self._leave_live_share()
             result = await self._uis.upload_deals_history(rows)
         except UisError as exc:
-            if len(batch) > 1:
+            # Only a refused parameter (-32602: a row's field) is about one deal; a refused key
+            # or method refuses every deal alike, and splitting would only multiply it.
+            if len(batch) > 1 and exc.code == INVALID_PARAMS:
                 return self._split(batch, exc)
             raise
 
