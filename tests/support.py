@@ -81,6 +81,7 @@ class Daemon:
     sims: Sims
     client: httpx.AsyncClient
     done: trio.Event = field(default_factory=trio.Event)
+    deals: Any = None  # the deals loop (features/deals.py)
     _page_key: str | None = None
 
     @property
@@ -151,7 +152,8 @@ async def open_daemon(sims: Sims, settings: config.Settings) -> AsyncIterator[Da
         running: service.Running = await nursery.start(
             lambda task_status: service.serve(settings, stop=stop, handle_signals=False,
                                               task_status=task_status))
-        daemon = Daemon(running.url, running.ctx, stop, settings, sims, client)
+        daemon = Daemon(running.url, running.ctx, stop, settings, sims, client,
+                        deals=running.deals)
         try:
             yield daemon
         finally:

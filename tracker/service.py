@@ -10,6 +10,7 @@ Task tree (one trio nursery each):
     ├── live.run()              the status page's change feed (closed first on shutdown)
     ├── Sweeper.run()           stale calls settled from the Data API report
     ├── Reconciler.run()        missed sessions created from the Data API report
+    ├── DealsLoop.run()         retailCRM orders -> UIS deals (when deals.enabled)
     └── http
         ├── hypercorn serve     stops when the shutdown trigger returns
         └── signal watcher      SIGINT/SIGTERM -> draining (Connection: close) -> stop
@@ -38,9 +39,11 @@ from tracker.db import integrity, maintenance, requestlog
 from tracker.db.checkpointer import Checkpointer
 from tracker.db.store import Store, open_store
 from tracker.delivery import busy
+from tracker.delivery import deals as deal_delivery
 from tracker.delivery.crmwork import CrmWork
 from tracker.delivery.dispatcher import Batched, BatchHandler, Handler, Outbox
 from tracker.delivery.handlers import RetailCrmHandlers
+from tracker.features.deals import DealsLoop
 from tracker.features.reconcile import Reconciler
 from tracker.features.status_sync import StatusPush, StatusSync
 from tracker.features.sweeper import Sweeper
@@ -58,6 +61,7 @@ class Running:
 
     url: str
     ctx: Context
+    deals: DealsLoop | None = None  # the deals loop (tests poke it instead of waiting)
 
 
 def outbox_handlers(store: Store, settings: Settings, crm: CrmClient,
@@ -77,6 +81,7 @@ def outbox_handlers(store: Store, settings: Settings, crm: CrmClient,
         **crm_handlers.kinds(upload=upload),
         **StatusPush(store, settings.status_sync, uis, crm).kinds(),
         **work.handlers(),
+        **deal_delivery.handlers(store, uis, settings),
     }
 
 
@@ -117,6 +122,7 @@ async def serve(
 
             app = create_app(ctx)
             sync = StatusSync(ctx)
+            deals_loop = DealsLoop(store, settings, crm, wake=outbox.wake)
             outbox.on_wake.append(ctx.live.poke)
             async with trio.open_nursery() as workers:
                 await workers.start(outbox.run)
@@ -129,6 +135,7 @@ async def serve(
                 await workers.start(ctx.live.run)
                 await workers.start(Sweeper(ctx).run)
                 await workers.start(Reconciler.for_context(ctx).run)
+                await workers.start(deals_loop.run)
                 await workers.start(requestlog.run_pruner, store,
                                     settings.admin.request_log_retention_days)
                 if settings.status_sync.poll_seconds > 0:
@@ -154,7 +161,7 @@ async def serve(
 
                     url: str = await http_tasks.start(run_http)
                     log.info("tracker listening on %s", url)
-                    task_status.started(Running(url, ctx))
+                    task_status.started(Running(url, ctx, deals_loop))
                 workers.cancel_scope.cancel()
     except BaseException:
         store.close()

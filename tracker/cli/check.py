@@ -2,7 +2,8 @@
 
 It reads, never writes: the configuration (already validated by the time it runs), UIS
 (``get.account`` for the time zone, ``get.employees`` for the mapping), retailCRM (the API key
-and the registered integration, each mapped user). Every row is ``ok``, ``warn`` (calls still
+and the registered integration, each mapped user), and with ``deals.enabled`` whether both keys
+may do what loading deals takes. Every row is ``ok``, ``warn`` (calls still
 flow, but something is off) or ``FAIL``; the exit status is 0 only when every row is ``ok``.
 """
 
@@ -29,7 +30,7 @@ OK, WARN, FAIL = "ok", "warn", "FAIL"
 class Finding:
     """One row of the report."""
 
-    area: str  # config | uis | crm | mapping
+    area: str  # config | uis | crm | mapping | deals
     result: str  # ok | warn | FAIL
     detail: str
 
@@ -73,7 +74,37 @@ async def run_checks(settings: Settings, uis: UisClient, crm: CrmClient) -> list
     await _check_crm(settings, crm, findings)
     if uis_ids is not None:
         findings += _uis_mapping(settings, uis_ids)
+    if settings.deals.enabled:
+        await _check_deals(settings, uis, crm, findings)
     return findings
+
+
+async def _check_deals(settings: Settings, uis: UisClient, crm: CrmClient,
+                       findings: list[Finding]) -> None:
+    """With ``deals.enabled``: the UIS key may use the deal methods (``get.sales_funnel``
+    answers: the end-to-end analytics component is on and the key's rights include it) and
+    the retailCRM key may read the order history and the references the funnel comes from."""
+    try:
+        funnels = await uis.data("get.sales_funnel", {"limit": 1})
+    except DeliveryError as exc:
+        findings.append(Finding("deals", FAIL, "the UIS key may not load deals (get.sales_funnel:"
+                                f" {_reason(exc)}): turn on end-to-end analytics for the "
+                                "account and allow the key its methods, or set "
+                                "deals.enabled = false"))
+    else:
+        total = (funnels.get("metadata") or {}).get("total_items")
+        findings.append(Finding("deals", OK, "the UIS key may load deals "
+                                f"({total if total is not None else 'some'} sales funnels)"))
+    for endpoint, params in (("orders/history", {"limit": 20}), ("reference/statuses", None),
+                             ("users", {"limit": 20})):
+        try:
+            await crm.get(endpoint, params)
+        except DeliveryError as exc:
+            findings.append(Finding("deals", FAIL, f"retailCRM {endpoint}: {_reason(exc)} "
+                                    "(the key needs order and reference read access)"))
+            return
+    findings.append(Finding("deals", OK, "the retailCRM key may read orders, their history, "
+                            "statuses and users"))
 
 
 def _config_mapping(settings: Settings) -> list[Finding]:

@@ -115,6 +115,27 @@ def _backfill(args: argparse.Namespace) -> int:
                             progress=args.progress or sys.stderr.isatty()))
 
 
+def _deals(args: argparse.Namespace) -> int:
+    from tracker.cli import deals
+    from tracker.core.windows import parse_moment
+
+    try:
+        date_from = parse_moment(args.date_from)
+        date_till = parse_moment(args.date_till, end_of_day=True)
+    except ValueError as exc:
+        print(f"tracker deals backfill: {exc}", file=sys.stderr)
+        return 2
+    if date_till < date_from:
+        print("tracker deals backfill: --till is before --from", file=sys.stderr)
+        return 2
+    settings = _settings(args)
+    level = settings.log.level if settings.log.level in ("DEBUG", "ERROR") else "WARNING"
+    logs.configure(level, settings.log.format)
+    return trio.run(partial(deals.run_backfill, settings, date_from, date_till,
+                            deliver=False if args.no_deliver else None,
+                            progress=args.progress or sys.stderr.isatty()))
+
+
 def _keys(args: argparse.Namespace) -> int:
     from tracker.db import keys
     from tracker.db.store import open_store
@@ -236,6 +257,22 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("--no-deliver", action="store_true",
                           help="only store the calls; the daemon uploads them")
     backfill.set_defaults(func=_backfill)
+
+    deal_commands = commands.add_parser(
+        "deals", help="retailCRM orders in UIS's end-to-end analytics")
+    deal_actions = deal_commands.add_subparsers(dest="deals_action", required=True)
+    deal_backfill = deal_actions.add_parser(
+        "backfill", help="load the orders of a past period into UIS as deals (resumable)")
+    deal_backfill.add_argument("--from", dest="date_from", required=True, metavar="TIME",
+                               help="'YYYY-MM-DD HH:MM:SS' or a date (retailCRM account time)")
+    deal_backfill.add_argument("--till", dest="date_till", required=True, metavar="TIME",
+                               help="'YYYY-MM-DD HH:MM:SS' or a date (its last second)")
+    deal_backfill.add_argument("--config", help="TOML configuration (or env TRACKER_CONFIG)")
+    deal_backfill.add_argument("--progress", action="store_true",
+                               help="show a progress line even when stderr is not a terminal")
+    deal_backfill.add_argument("--no-deliver", action="store_true",
+                               help="only queue the deals (a running daemon delivers them)")
+    deal_backfill.set_defaults(func=_deals)
 
     key_commands = commands.add_parser("keys", help="create, list and revoke admin API keys")
     key_actions = key_commands.add_subparsers(dest="action", required=True)

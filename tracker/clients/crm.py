@@ -83,6 +83,37 @@ class CrmClient:
     async def create_order(self, order: dict[str, Any], site: str = "") -> CrmAnswer:
         """``orders/create``: answers ``{"success": true, "id": N, "order": {…}}``."""
         return await self.post("orders/create", _with_site({"order": order}, site))
+    # -- orders as deals (features/deals.py) --------------------------------------------------
+
+    async def orders_history(self, *, since_id: int | None = None, start_date: str | None = None,
+                             end_date: str | None = None, limit: int = 100,
+                             page: int = 1) -> CrmAnswer:
+        """``orders/history``: order changes after history entry ``since_id`` (oldest first),
+        or from ``start_date`` (``Y-m-d H:i:s``) when there is no cursor yet."""
+        params: dict[str, Any] = {"limit": limit, "page": page}
+        if since_id is not None:
+            params["filter[sinceId]"] = since_id
+        if start_date is not None:
+            params["filter[startDate]"] = start_date
+        if end_date is not None:
+            params["filter[endDate]"] = end_date
+        return await self.get("orders/history", params)
+
+    async def orders_by_ids(self, ids: list[int]) -> CrmAnswer:
+        """``orders?filter[ids][]=…``: up to 100 full orders."""
+        return await self.get("orders", {"filter[ids][]": ids, "limit": 100})
+
+    async def order_statuses(self) -> CrmAnswer:
+        """``reference/statuses``: every order status with its group and ordering."""
+        return await self.get("reference/statuses")
+
+    async def status_groups(self) -> CrmAnswer:
+        """``reference/status-groups``: the groups with their ordering and statuses."""
+        return await self.get("reference/status-groups")
+
+    async def users(self, page: int = 1) -> CrmAnswer:
+        """``users``: one page (100) of the account's users."""
+        return await self.get("users", {"limit": 100, "page": page})
 
     async def post(self, endpoint: str, fields: dict[str, Any]) -> CrmAnswer:
         """POST form fields (dicts and lists are sent as JSON text) to ``endpoint``."""

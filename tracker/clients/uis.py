@@ -95,6 +95,24 @@ class UisClient:
                                  talked)
         return Recording(None, talked)
 
+    # -- deals (features/deals.py; method names in docs/reference-notes.md "UIS: deals") -------
+
+    async def upload_deals_history(self, deals: list[dict[str, Any]]) -> dict[str, Any]:
+        """``upload.deals_history``: rows of deal history (one per stage reached)."""
+        return await self.data("upload.deals_history", {"deals": deals})
+
+    async def create_deal_contacts(self, contacts: list[dict[str, Any]]) -> dict[str, Any]:
+        """``create.deal_contacts``: the CRM's contacts deals refer to by ``ext_id``."""
+        return await self.data("create.deal_contacts", {"contacts": contacts})
+
+    async def save_sales_funnel(self, params: dict[str, Any], *, exists: bool) -> dict[str, Any]:
+        """``create.sales_funnel`` (or ``update.sales_funnel`` once UIS has it)."""
+        return await self.data("update.sales_funnel" if exists else "create.sales_funnel", params)
+
+    async def create_deal_employees(self, employees: list[dict[str, Any]]) -> dict[str, Any]:
+        """The CRM's responsible employees (method name unconfirmed, see the notes)."""
+        return await self.data("create.deal_employees", {"employees": employees})
+
     async def _call(self, url: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
         body = {
             "jsonrpc": "2.0",

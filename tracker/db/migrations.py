@@ -314,5 +314,61 @@ def _migration_9(db: sqlite_utils.Database) -> None:
     db.table("calls").add_column("attribution", str)
 
 
+def _migration_10(db: sqlite_utils.Database) -> None:
+    """Issue 15: retailCRM orders as UIS deals (features/deals.py, db/deals.py)."""
+    # Cursors and the loop's last words: the history sinceId, its start date, the last error.
+    db.table("deal_state").create({"key": str, "value": str, "updated_at": float}, pk="key")
+    # One row per retailCRM order seen: the facts its deal is built from, and why it was
+    # skipped (no contact data) or when its deal last reached UIS.
+    db.table("deal_orders").create(
+        {
+            "order_id": int,
+            "number": str,
+            "site": str,
+            "status": str,
+            "created_at": str,  # retailCRM's text, account time
+            "created_ts": float,
+            "amount": float,
+            "manager_id": int,
+            "customer_id": int,
+            "name": str,
+            "phones": str,  # JSON list
+            "emails": str,  # JSON list
+            "call_id": int,  # the call UIS credits, when tracker knows it
+            "skipped_reason": str,
+            "deleted": int,
+            "first_seen_at": float,
+            "updated_at": float,
+            "uploaded_at": float,
+        },
+        pk="order_id",
+        defaults={"deleted": 0},
+    )
+    db.table("deal_orders").create_index(["skipped_reason"])
+    # Each history entry that changes a deal, once (history_id is retailCRM's entry id).
+    db.table("deal_transitions").create(
+        {
+            "id": int,
+            "history_id": int,
+            "order_id": int,
+            "kind": str,  # stage | update
+            "status": str,
+            "at": str,  # when it happened, retailCRM's text
+            "stage_at": str,  # when the order reached the status it was in then
+            "uploaded_at": float,
+        },
+        pk="id",
+        not_null={"history_id", "order_id", "kind"},
+    )
+    db.table("deal_transitions").create_index(["history_id"], unique=True)
+    db.table("deal_transitions").create_index(["order_id", "id"])
+    # What UIS was last given of retailCRM's structure: the funnel, each status's stage, each
+    # responsible, each contact; ``digest`` tells when something changed.
+    db.table("deal_structure").create({"kind": str, "ext_id": str, "digest": str, "value": str,
+                                 "updated_at": float}, pk=("kind", "ext_id"))
+    # The customer's last call before an order: a look-up by number and time.
+    db.table("calls").create_index(["contact_phone", "started_at"])
+
+
 MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5,
-              _migration_6, _migration_7, _migration_8, _migration_9]
+              _migration_6, _migration_7, _migration_8, _migration_9, _migration_10]

@@ -23,12 +23,12 @@ import trio
 
 from tracker.core import phones
 from tracker.core.formatting import N_
+from tracker.db import deals
 
 T = TypeVar("T")
 
-STATUS_PARTS = ("counters", "board", "pictures", "outbox", "callbacks", "recent", "warnings",
-                "requests",
-                "chart")
+STATUS_PARTS = ("counters", "board", "pictures", "outbox", "callbacks", "recent", "deals",
+                "warnings", "requests", "chart")
 CALL_PARTS = ("callhead", "timeline")
 DIRECTIONS = ("in", "out")
 BOARD_LIMIT = 50  # calls shown per state in "in progress"
@@ -233,6 +233,7 @@ def read_overview(conn: sqlite3.Connection, *, filters: Filters, states: tuple[s
         "recent_error_seconds": QUERY_SECONDS,
         "recent": [],
         "callbacks": callbacks(conn, now=now, tz=tz, target_minutes=callback_target_minutes),
+        "deals": read_deals(conn, now),
     }
     try:
         data["recent"] = _rows(conn, *recent_calls_query(filters))
@@ -519,3 +520,46 @@ def _callbacks(conn: sqlite3.Connection, missed: list[dict[str, Any]],
         buckets[name] += 1
     return {"returned": len(delays), "waiting": open_calls, "buckets": buckets,
             "median": _median(sorted(int(d) for d in delays))}
+
+
+# -- the deals loop (issue 15; the part parts/deals.html) -------------------------------------
+
+
+def read_deals(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
+    """What the status page shows of the deals loop (plain data; works on a read-only
+    connection, and on a database the deals loop never ran on)."""
+
+    def one(sql: str, *args: Any) -> Any:
+        row = conn.execute(sql, args).fetchone()
+        return None if row is None else row[0]
+
+    try:
+        state = {r[0]: (r[1], r[2]) for r in conn.execute(
+            "SELECT key, value, updated_at FROM deal_state")}
+    except sqlite3.OperationalError:  # not migrated yet
+        return {"available": False}
+    caught_up = state.get("caught_up_at", (None, None))[0]
+    outbox = {r[0]: r[1] for r in conn.execute(
+        "SELECT status, count(*) FROM outbox WHERE kind IN (?, ?) GROUP BY status",
+        deals.DEAL_KINDS)}
+    skipped = [dict(r) for r in conn.execute(
+        "SELECT order_id, number, skipped_reason, updated_at FROM deal_orders"
+        " WHERE skipped_reason IS NOT NULL ORDER BY updated_at DESC LIMIT 20")]
+    return {
+        "available": True,
+        "cursor": state.get("since_id", (None, None))[0],
+        "orders_seen": one("SELECT count(*) FROM deal_orders") or 0,
+        "deals_uploaded": one("SELECT count(*) FROM deal_orders WHERE uploaded_at IS NOT NULL")
+        or 0,
+        "transitions_uploaded": one(
+            "SELECT count(*) FROM deal_transitions WHERE uploaded_at IS NOT NULL") or 0,
+        "linked": one("SELECT count(*) FROM deal_orders WHERE call_id IS NOT NULL") or 0,
+        "skipped_total": one("SELECT count(*) FROM deal_orders WHERE skipped_reason IS NOT NULL")
+        or 0,
+        "skipped": skipped,
+        "lag_seconds": None if caught_up is None else max(0.0, now - float(caught_up)),
+        "last_error": state.get("last_error", (None, None))[0],
+        "last_error_at": state.get("last_error", (None, None))[1],
+        "pending": outbox.get("pending", 0),
+        "dead": outbox.get("dead", 0),
+    }

@@ -9,6 +9,9 @@ Routes under ``/api/v5/`` and ``/api/v4/`` (``*`` = both versions):
   ``known_user_ids``), ``GET */telephony/manager?phone=``
 - customers, tasks, orders (``v5/customers``, ``customers/create``, ``tasks``, ``tasks/create``,
   ``tasks/{id}/edit``, ``orders``, ``orders/create``): see the block above ``CrmSimulator``
+- orders and their history, ``reference/statuses``, ``reference/status-groups``, ``users``:
+  see ``crm_orders`` (``self.order_book``; ``GET orders`` by ``filter[ids][]`` is answered
+  from it, by ``filter[externalIds][]`` from the orders created through ``orders/create``)
 
 Checks, in order: fault (``fault`` or ``fail_next``), rate limit (503), route (404 ``API method
 not found``), key (401 ``"apiKey" is missing.``, 403 ``Wrong "apiKey" value.``), body shape (400
@@ -44,6 +47,7 @@ import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
+from tracker.simulators.crm_orders import OrdersBook
 from tracker.simulators.server import Changes
 
 T = TypeVar("T")
@@ -115,6 +119,7 @@ class _CrmWork:
     sites: set[str] | None
     _routes: list[tuple[str, re.Pattern[str], tuple[str, ...], Callable[..., Answer]]]
     _json_field: Callable[..., Any]
+    order_book: OrdersBook
 
     def _init_crm_work(self) -> None:
         self.customers: dict[int, dict[str, Any]] = {}
@@ -252,6 +257,8 @@ class _CrmWork:
 
     def _orders_list(self, form: dict[str, str], query: dict[str, str],
                      data: dict[str, Any]) -> Answer:
+        if "filter[ids][]" in query:  # the deals loop reads its orders from the order book
+            return self.order_book.orders_answer(form, query, data)
         self._limit(query)
         found = list(self.orders.values())
         external = query.get("filter[externalIds][]")
@@ -327,6 +334,11 @@ class CrmSimulator(_CrmWork):
             ("GET", re.compile(r"telephony/manager"), ("v4", "v5"), self._manager),
         ]
         self._init_crm_work()
+        # -- orders, their history, statuses and users (issue 15: deals) -------------------
+        self.order_book = OrdersBook(CrmError, user_ids=known_user_ids)
+        self._routes += [(method, re.compile(pattern), ("v5",), handler)
+                         for method, pattern, handler in self.order_book.routes()]
+        # -- end of the deals block ---------------------------------------------------------
         self.app = self._build_app()
 
     # -- test controls ---------------------------------------------------------------------

@@ -8,6 +8,9 @@ points here). Errors use the UIS envelope, always with HTTP 200::
      {"mnemonic": "access_token_invalid", "field": "access_token", "value": null,
       "params": {}, "extended_helper": null}}}
 
+Deal loading (``upload.deals_history`` and the structure methods): see ``uis_deals``
+(``self.deals``).
+
 Check order: JSON (-32700), batch (-32099), envelope (-32600), injected fault (``fail_next``),
 method (-32601), token (-32001), minute/day budget (-32029), then the method's own checks.
 
@@ -49,6 +52,7 @@ from tracker.simulators.scenarios import (
     render_notification,
 )
 from tracker.simulators.server import Changes
+from tracker.simulators.uis_deals import DealsBook
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -123,6 +127,10 @@ class UisSimulator:
             "call": {"start.employee_call": self._start_employee_call,
                      "release.call": self._release_call},
         }
+        # End-to-end analytics: funnels, deal contacts, responsibles, deal history (issue 15).
+        self.deals = DealsBook()
+        self._methods["data"].update(self.deals.methods())
+        self.rpc_times: list[float] = []  # time.monotonic() of each request, for rate checks
         self.app = self._build_app()
 
     # -- scenarios -------------------------------------------------------------------------
@@ -265,6 +273,7 @@ class UisSimulator:
                         content_type="application/json; charset=UTF-8")
 
     def _answer(self, api: str, raw: bytes) -> dict[str, Any]:
+        self.rpc_times.append(time.monotonic())
         try:
             body = json.loads(raw)
         except ValueError:

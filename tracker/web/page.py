@@ -178,7 +178,7 @@ def register(app: QuartTrio, ctx: Context) -> None:
         data.update(viewer=viewer, filters=filters, outbox=outbox_stats.get(),
                     live=ctx.live.statistics(), uptime=now - ctx.lifecycle.started_at,
                     failures=counts() if counts is not None else None,
-                    day=await day_pictures(now))
+                    day=await day_pictures(now), deals_enabled=ctx.settings.deals.enabled)
         return data
 
     day_cache: dict[str, Any] = {"at": None, "value": None}
@@ -198,7 +198,9 @@ def register(app: QuartTrio, ctx: Context) -> None:
                            env: jinja2.Environment) -> dict[str, str]:
         data = await overview(viewer, filters)
         return {part: env.get_template(f"parts/{part}.html").render(data)
-                for part in pagedata.STATUS_PARTS if part != "requests" or viewer.can_read_log}
+                for part in pagedata.STATUS_PARTS
+                if (part != "requests" or viewer.can_read_log)
+                and (part != "deals" or ctx.settings.deals.enabled)}
 
     async def call_data(viewer: Viewer, call_id: int) -> dict[str, Any] | None:
         data = await pagedata.read(ctx.settings.database.path,
