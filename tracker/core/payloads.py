@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -80,6 +81,29 @@ def upload_item(
     if record_url:
         item["recordUrl"] = record_url
     return item
+
+
+_SNAPSHOT_KEYS = ("direction", "contact_phone", "virtual_phone", "started_at", "finished_at",
+                  "talk_seconds", "wait_seconds")
+
+
+def upload_view(call: Mapping[str, Any], payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The call as its upload must describe it: the stored row overlaid with the snapshot the
+    outbox row took when the call became final, plus ``upload_employee_id`` (whom to credit).
+
+    Rows queued before snapshots existed fall back to the stored call, as they always did.
+    """
+    view = dict(call)
+    snapshot = payload.get("snapshot")
+    if isinstance(snapshot, Mapping):
+        view.update({key: snapshot[key] for key in _SNAPSHOT_KEYS if key in snapshot})
+        view["upload_employee_id"] = snapshot.get("employee_id")
+    elif payload.get("result") == "answered":
+        view["upload_employee_id"] = call.get("talked_employee_id")
+    else:
+        rang = json.loads(call.get("rang") or "[]")
+        view["upload_employee_id"] = rang[-1] if rang else None  # the last employee it rang
+    return view
 
 
 def record_url(media_url: str, session_id: int, record_id: str) -> str:

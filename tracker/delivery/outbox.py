@@ -395,12 +395,13 @@ class Outbox:
         return Done.sent(answer, effects=cards_closed)
 
     async def _upload(self, row: dict[str, Any], payload: dict[str, Any]) -> Done | Later:
-        call = self._store.call_row(row["call_id"])
-        assert call is not None
+        stored = self._store.call_row(row["call_id"])
+        assert stored is not None
+        call = payloads.upload_view(stored, payload)
         result = payload["result"]
         note = ""
         url: str | None = None
-        employee_id = call["talked_employee_id"] if result == "answered" else None
+        employee_id = call["upload_employee_id"]
         if result == "answered":
             waited = time.time() - row["created_at"]
             remaining = self._settings.uis.record_wait_seconds - waited
@@ -427,9 +428,6 @@ class Outbox:
             if url is None:
                 note = f"uploaded without a recording ({problem})"
                 log.warning("call %s: %s", call["id"], note)
-        else:
-            rang = json.loads(call["rang"] or "[]")
-            employee_id = rang[-1] if rang else None  # the last employee it rang
         employee = self._store.employee_by_uis_id(employee_id)
         if employee_id is not None and employee is None:
             self._warn_unmapped(employee_id)
