@@ -25,6 +25,7 @@ import copy
 import json
 import logging
 import math
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, fields
@@ -61,6 +62,16 @@ CALL_FIELDS = ["id", "start_time", "finish_time", "direction", "is_lost", "conta
                "virtual_phone_number", "communication_id", "wait_duration", "talk_duration",
                "total_duration", "call_records", "employees", "last_talked_employee_id",
                "call_api_external_id", "finish_reason"]
+# The field tables of the Data API method pages: which columns "sort" and "filter" may name
+# (docs/reference-notes.md, "Report sorting and filtering"). Sorting by anything else is
+# refused with -32602 sort_prohibited, filtering with -32602 filter_prohibited.
+CALLS_SORTABLE = frozenset({"start_time", "finish_reason", "direction", "is_lost",
+                            "virtual_phone_number", "communication_number", "source", "site_id",
+                            "campaign_id", "scenario_id", "ext_id"})
+CALLS_UNFILTERABLE = frozenset({"employees", "call_records"})
+LEGS_SORTABLE = frozenset({"call_session_id", "start_time", "duration", "total_duration",
+                           "employee_id", "direction", "is_talked"})
+LEGS_UNFILTERABLE = frozenset({"call_records"})
 STATUSES = {1: "available", 2: "break", 3: "do_not_disturb", 4: "not_at_workplace",
             5: "not_at_work"}
 
@@ -105,6 +116,8 @@ class UisSimulator:
         self.autoplay_gap_seconds = 0.01
         self.changes = Changes()
         self._records_ready_at: dict[int, float] = {}
+        # Rows tying on every sort key come in a new order per request (UIS promises none).
+        self._ties = random.Random(first_session_id)
         self._faults: dict[str, list[RpcError]] = {}
         self._next_session_id = first_session_id
         self._minute_start, self._minute_used, self._day_used = time.monotonic(), 0, 0
@@ -333,7 +346,11 @@ class UisSimulator:
             if scenario.session_id not in self.finished:
                 row["finish_time"] = row["finish_reason"] = None
             rows.append(row)
-        return select(rows, params, allowed=field_names(CALL_FIELDS, rows), hidden=(), dated=True)
+        allowed = field_names(CALL_FIELDS, rows)
+        return select(rows, params, allowed=allowed, hidden=(), dated=True,
+                      sortable=CALLS_SORTABLE,
+                      filterable=[f for f in allowed if f not in CALLS_UNFILTERABLE],
+                      shuffle=self._ties)
 
     def _get_call_legs_report(self, params: dict[str, Any]) -> dict[str, Any]:
         rows = []
@@ -344,7 +361,10 @@ class UisSimulator:
                 row["call_records"] = row["call_records"] if ready else []
                 rows.append(row)
         allowed = [f.name for f in fields(Leg)]
-        return select(rows, params, allowed=allowed, hidden=("is_talked",), dated=True)
+        return select(rows, params, allowed=allowed, hidden=("is_talked",), dated=True,
+                      sortable=LEGS_SORTABLE,
+                      filterable=[f for f in allowed if f not in LEGS_UNFILTERABLE],
+                      shuffle=self._ties)
 
     def _get_employees(self, params: dict[str, Any]) -> dict[str, Any]:
         rows = [copy.deepcopy(e) for e in self.employees.values()]
