@@ -8,10 +8,13 @@ Routes under ``/api/v5/`` and ``/api/v4/`` (``*`` = both versions):
 - ``POST v5/users/{id}/status`` (``status``), ``GET */users/{id}`` (404 for an id outside
   ``known_user_ids``), ``GET */telephony/manager?phone=``
 
-Checks, in order: fault (``fault`` or ``fail_next``), rate limit (503), route (404 ``API method
-not found``), key (401 ``"apiKey" is missing.``, 403 ``Wrong "apiKey" value.``), body shape (400
-``Errors in the entity format`` with ``errors``: a JSON body, a missing field, a field that is
-not JSON of the right type, an invalid value). A whole upload is refused if one item is invalid.
+With ``account_exists`` False every request is answered as retailCRM answers a URL whose
+account does not exist: 405 ``text/html`` to a POST, 404 ``Account does not exist.`` to a GET.
+Otherwise checks, in order: fault (``fault`` or ``fail_next``), rate limit (503), route (404
+``API method not found``), key (401 ``"apiKey" is missing.``, 403 ``Wrong "apiKey" value.``),
+body shape (400 ``Errors in the entity format`` with ``errors``: a JSON body, a missing field,
+a field that is not JSON of the right type, an invalid value). A whole upload is refused if one
+item is invalid.
 
 ``telephony/manager`` for an unknown phone answers ``{"success": true}`` without ``manager``; so
 does it for a manager whose ``user_statuses`` entry is not ``free`` unless ``ignoreStatus=1`` (the
@@ -50,6 +53,7 @@ HANGUP_STATUSES = ("answered", "no answered", "busy", "cancel", "failed")
 CALL_RESULTS = ("answered", "no answer", "busy", "failed", "not allowed", "unknown")
 USER_STATUSES = ("free", "busy", "dinner", "break")
 HTML_503 = "<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>"
+HTML_405 = "<html><body><h1>405 Not Allowed</h1></body></html>"
 _PATH = re.compile(r"api/(v\d+)/(.*?)/?")
 
 Answer = tuple[int, dict[str, Any]]
@@ -114,6 +118,7 @@ class CrmSimulator:
         self.hanging = 0
         self.answer_delay_seconds = 0.0
         self.ignore_external_ids: set[str] = set()
+        self.account_exists = True  # False: answer like the URL of an account that does not exist
         self.changes = Changes()
         self._fault: str | None = None
         self._next_faults: list[str] = []
@@ -230,6 +235,12 @@ class CrmSimulator:
             finally:
                 self.hanging -= 1
             fault = self._fault
+        if not self.account_exists:
+            # What a URL of a non-existent account answers: an HTML 405 page to a POST (the
+            # official PHP client's AccountNotFoundHandler), a JSON 404 to a GET.
+            if request.method != "GET":
+                return 405, HTML_405, {}
+            return 404, {"success": False, "errorMsg": "Account does not exist."}, {}
         if fault == "503" or self._over_rate_limit():
             return 503, HTML_503, {}
         if fault == "429":
