@@ -348,7 +348,7 @@ async def test_clicked_call_pops_up_out_hangs_up_and_uploads_once(tmp_path, answ
             if answered:
                 expected["duration"] = 60
                 expected["recordUrl"] = f"https://media.test/talk/{session}/" \
-                                        f"{record_id(session, 1)}/"
+                                        f"{record_id(session, 1)}"
             assert upload == expected
             # the session carries the click's external_id: the click knows its call
             assert d.ctx.store.call_row(session)["external_id"] == "tracker-click-1"

@@ -91,8 +91,13 @@ class UisClient:
         for leg in ordered:
             records = leg.get("call_records") or []
             if records:
-                return Recording(record_url(self._settings.media_url, session_id, str(records[0])),
-                                 talked)
+                # The id in the link is the one the row gives (the legs report documents
+                # .../talk/{call_session_id}/{record}), in that report's form.
+                owner = leg.get("call_session_id")
+                owner = owner if isinstance(owner, int) and not isinstance(owner, bool) \
+                    else session_id
+                url = record_url(self._settings.media_url, owner, str(records[0]), report="legs")
+                return Recording(url, talked)
         return Recording(None, talked)
 
     async def _call(self, url: str, method: str, params: dict[str, Any]) -> dict[str, Any]:

@@ -106,6 +106,16 @@ def upload_view(call: Mapping[str, Any], payload: Mapping[str, Any]) -> dict[str
     return view
 
 
-def record_url(media_url: str, session_id: int, record_id: str) -> str:
-    """The playable link of a UIS recording: ``{media_url}/{session}/{record}/``."""
-    return f"{media_url.rstrip('/')}/{session_id}/{record_id}/"
+def record_url(media_url: str, owner_id: int, record_id: str, *, report: str = "legs") -> str:
+    """The playable link of a UIS recording, in the form the report it came from documents.
+
+    ``get.call_legs_report``: ``{media_url}/{call_session_id}/{record}`` (the row's
+    ``call_session_id``); ``get.calls_report``: ``{media_url}/{communication_id}/{record}/``
+    (the row's ``communication_id``, with the trailing slash that page writes).
+    """
+    base = f"{media_url.rstrip('/')}/{owner_id}/{record_id}"
+    if report == "legs":
+        return base
+    if report == "calls":
+        return base + "/"
+    raise ValueError(f"unknown report {report!r}")
