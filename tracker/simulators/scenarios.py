@@ -259,8 +259,7 @@ def lost_in_ivr(session_id: int, *, start: datetime, contact: str = DEFAULT_CONT
 
 def _lost(call: _Call, name: str, wait: int, employee_ids: list[int] | None, legs: list[Leg],
           rang: Sequence[Employee]) -> Scenario:
-    call.add("lost_call", wait, employee_ids=employee_ids, wait_time_duration=wait,
-             total_time_duration=wait)
+    call.add("lost_call", wait, employee_ids=employee_ids, wait_time_duration=wait)
     call.add("call_finished", wait + 0.05, employee_id=None, employee_full_name=None,
              talk_time_duration=0, total_time_duration=wait, wait_time_duration=wait,
              last_talked_employee_id=None)

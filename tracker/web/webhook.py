@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from tracker.context import Context
+from tracker.core import notifications
 from tracker.errors import RejectedNotification
 from tracker.intake import ingest
 from tracker.web import guard
@@ -63,8 +64,7 @@ def decode_body(raw: bytes) -> dict[str, Any]:
     try:
         data = json.loads(text, object_pairs_hook=_reject_duplicates)
     except json.JSONDecodeError as exc:
-        raise RejectedNotification(f"body is not valid JSON: {exc.msg} at line {exc.lineno} "
-                                   f"column {exc.colno}") from None
+        data = _with_bare_placeholders(text, exc)
     except RecursionError:
         raise RejectedNotification("body is nested too deeply") from None
     except ValueError as exc:  # CPython refuses integers of over 4300 digits
@@ -80,6 +80,21 @@ def decode_body(raw: bytes) -> dict[str, Any]:
         except UnicodeEncodeError:
             raise RejectedNotification("body holds a lone surrogate escape (\\ud800-\\udfff)"
                                        ) from None
+    return data
+
+
+def _with_bare_placeholders(text: str, exc: json.JSONDecodeError) -> Any:
+    """A body that is JSON once the bare ``{{name}}`` placeholders UIS left are null; the names
+    ride along in ``notifications.UNFILLED``. Anything else wrong is refused as before."""
+    filled, names = notifications.fill_bare_placeholders(text)
+    try:
+        data = json.loads(filled, object_pairs_hook=_reject_duplicates) if names else None
+    except json.JSONDecodeError:
+        data = None
+    if not isinstance(data, dict):
+        raise RejectedNotification(f"body is not valid JSON: {exc.msg} at line {exc.lineno} "
+                                   f"column {exc.colno}") from None
+    data[notifications.UNFILLED] = names
     return data
 
 
