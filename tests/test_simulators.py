@@ -259,8 +259,11 @@ async def test_restartable_server_refuses_connections_while_stopped() -> None:
      "sort_prohibited", "sort.field", "id"),
     ("get.calls_report", {"sort": [{"field": "finish_time"}]},
      "sort_prohibited", "sort.field", "finish_time"),
-    ("get.calls_report", {"filter": {"field": "employees", "operator": "is_null"}},
-     "filter_prohibited", "filter.field", "employees"),
+    ("get.calls_report", {"filter": {"field": "finish_time", "operator": "is_null"}},
+     "filter_prohibited", "filter.field", "finish_time"),
+    ("get.calls_report", {"filter": {"field": "start_time", "operator": ">=",
+                                     "value": "2024-05-17 10:00:00"}},
+     "filter_prohibited", "filter.field", "start_time"),
     ("get.call_legs_report", {"sort": [{"field": "id", "order": "desc"}]},
      "sort_prohibited", "sort.field", "id"),
     ("get.call_legs_report", {"filter": {"filters": [

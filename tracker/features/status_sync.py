@@ -200,7 +200,8 @@ class StatusSync:
         try:
             await self._ctx.uis.data("update.employees", params)
         except UisError as exc:
-            if exc.mnemonic == "status_not_found":
+            # update.* names an unknown id with entity_not_found (field: the parameter)
+            if exc.mnemonic == "entity_not_found" and exc.field == "status_id":
                 self._status_ids.clear()  # statuses were edited in UIS: read them again
             raise
         employee = _employee(payload)

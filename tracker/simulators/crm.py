@@ -17,8 +17,9 @@ a field that is not JSON of the right type, an invalid value). A whole upload is
 item is invalid.
 
 ``telephony/manager`` for an unknown phone answers ``{"success": true}`` without ``manager``; so
-does it for a manager whose ``user_statuses`` entry is not ``free`` unless ``ignoreStatus=1`` (the
-likely reading of ``ignoreStatus``; unconfirmed).
+does it for a manager whose ``user_statuses`` entry is not ``free`` unless ``ignoreStatus`` is
+true (``1`` or ``True``, as the official clients send it; the likely reading of
+``ignoreStatus``; unconfirmed).
 Every request is recorded in ``requests`` with the status answered, rejected ones included; a
 request held by the ``"hang"`` fault is recorded once it is answered (``hanging`` counts them).
 
@@ -416,10 +417,16 @@ class CrmSimulator:
         if not digits:
             raise _invalid({"phone": "Parameter 'phone' is missing"})
         manager = self.managers.get("+" + digits)
-        if manager is not None and query.get("ignoreStatus") not in ("1", "true") \
+        if manager is not None and not _flag(query.get("ignoreStatus")) \
                 and self.user_statuses.get(manager.get("id"), "free") != "free":
-            manager = None  # retailCRM names a manager who is not free only with ignoreStatus=1
+            manager = None  # retailCRM names a manager who is not free only with ignoreStatus
         return 200, {"success": True} if manager is None else {"success": True, "manager": manager}
+
+
+def _flag(value: str | None) -> bool:
+    """A boolean query parameter as retailCRM's clients send it: ``1``/``0`` (PHP, ours) or
+    ``True``/``False`` (the official Python client passes Python booleans to the query)."""
+    return value is not None and value.strip().lower() in ("1", "true")
 
 
 def _call_problems(item: Any, sites: set[str] | None) -> dict[str, str]:

@@ -17,18 +17,34 @@ from typing import Any
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
+# The texts UIS's error tables give (data_api "Список ошибок"); others read as the mnemonic.
+MESSAGES = {
+    "sort_prohibited": "Sort by parameter is prohibited",
+    "filter_prohibited": "Filter by parameter is prohibited",
+    "entity_not_found": "Entity not found",
+    "required_parameter_missed": "The required parameter has been missed",
+}
+
+
 class RpcError(Exception):
-    """A JSON-RPC error answer: ``code`` is the group, ``mnemonic`` the reason."""
+    """A JSON-RPC error answer: ``code`` is the group, ``mnemonic`` the reason; ``metadata``
+    (``limits`` of the budgets, for one) rides in ``error.data.metadata`` as UIS puts it."""
 
     def __init__(self, code: int, mnemonic: str, field: str | None = None,
-                 value: Any = None) -> None:
+                 value: Any = None, *, message: str | None = None,
+                 metadata: dict[str, Any] | None = None) -> None:
         super().__init__(mnemonic)
         self.code, self.mnemonic, self.field, self.value = code, mnemonic, field, value
+        self.message = message or MESSAGES.get(mnemonic) or \
+            mnemonic.replace("_", " ").capitalize()
+        self.metadata = metadata
 
     def payload(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.mnemonic.replace("_", " ").capitalize(),
-                "data": {"mnemonic": self.mnemonic, "field": self.field, "value": self.value,
-                         "params": {}, "extended_helper": None}}
+        data: dict[str, Any] = {"mnemonic": self.mnemonic, "field": self.field,
+                                "value": self.value, "params": {}, "extended_helper": None}
+        if self.metadata is not None:
+            data["metadata"] = self.metadata
+        return {"code": self.code, "message": self.message, "data": data}
 
 
 def bad_param(field: str, value: Any = None, mnemonic: str = "invalid_parameter_value") -> RpcError:
@@ -49,7 +65,7 @@ def _months_later(moment: datetime, months: int) -> datetime:
 
 def _parse_time(params: dict[str, Any], name: str) -> datetime:
     if name not in params:
-        raise bad_param(name, mnemonic="required_parameter_missing")
+        raise bad_param(name, mnemonic="required_parameter_missed")
     try:
         return datetime.strptime(params[name], TIME_FORMAT)
     except (TypeError, ValueError):

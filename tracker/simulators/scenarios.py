@@ -170,7 +170,8 @@ class _Call:
             ],
             "last_talked_employee_id": last_talked,
             "call_api_external_id": self.external_id,
-            "finish_reason": "subscriber_disconnects" if talk else "no_operators_answered",
+            # documented values only: the caller hung up, before or after a talk
+            "finish_reason": "subscriber_disconnects",
         }
         return Scenario(name, self.session_id, self.direction, self.contact, self.virtual,
                         self.notifications, report, legs)
