@@ -184,3 +184,15 @@ async def test_run_py_check_exit_status_and_table(tmp_path):
             assert done.returncode == 2
             assert "config  FAIL    employees[1].code: '101' is used twice" in \
                 done.stdout.decode()
+
+
+async def test_a_crm_url_without_an_account_is_named_as_such(tmp_path):
+    with trio.fail_after(20):
+        async with open_sims() as sims:
+            await activated(sims, tmp_path)
+            sims.crm.account_exists = False
+            code, output = await run(sims, tmp_path)
+    assert code == 1
+    problems = [r for r in rows(output) if r[1] != OK]
+    assert problems == [("crm", FAIL, f"retailCRM account not found at {sims.crm_url} (HTTP 404: "
+                                      "Account does not exist.): check crm.url")], output

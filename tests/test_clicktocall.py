@@ -323,8 +323,8 @@ async def open_autoplay(tmp_path: Path, **sections: Any) -> AsyncIterator[Daemon
 @pytest.mark.parametrize(("answered", "finish_reason", "hangup", "result"), [
     (True, None, "answered", "answered"),
     (False, None, "no answered", "no answer"),
-    (False, "busy", "no answered", "busy"),
-    (False, "contact_busy", "no answered", "busy"),
+    (False, "subscriber_busy", "no answered", "busy"),
+    (False, "operator_busy", "no answered", "no answer"),  # the employee's side, not the customer
 ])
 async def test_clicked_call_pops_up_out_hangs_up_and_uploads_once(tmp_path, answered,
                                                                  finish_reason, hangup, result):
@@ -351,7 +351,7 @@ async def test_clicked_call_pops_up_out_hangs_up_and_uploads_once(tmp_path, answ
             if answered:
                 expected["duration"] = 60
                 expected["recordUrl"] = f"https://media.test/talk/{session}/" \
-                                        f"{record_id(session, 1)}/"
+                                        f"{record_id(session, 1)}"
             assert upload == expected
             # the session carries the click's external_id: the click knows its call
             assert d.ctx.store.call_row(session)["external_id"] == "tracker-click-1"
@@ -367,7 +367,7 @@ async def test_busy_detection_can_be_switched_off(tmp_path):
     with trio.fail_after(30):
         async with open_autoplay(tmp_path, click={"busy_finish_reasons": "none"}) as d:
             d.sims.uis.outbound_answered = False
-            d.sims.uis.outbound_finish_reason = "busy"
+            d.sims.uis.outbound_finish_reason = "subscriber_busy"
             session = (await click(d)).json()["call_session_id"]
             await d.sims.crm.wait_for(lambda: d.uploads_for(session), timeout=15)
             assert d.uploads_for(session)[0]["result"] == "no answer"

@@ -45,7 +45,7 @@ async def test_answered_call_pops_up_hangs_up_and_uploads_with_recording(tmp_pat
                 "phone": "+79991234567", "externalPhone": "+74950000000",
                 "date": "2024-05-17 14:03:27", "type": "in", "result": "answered",
                 "externalId": str(SESSION), "code": "101", "userId": 1, "duration": 95,
-                "durationWaiting": 7, "recordUrl": f"https://media.test/talk/{SESSION}/{record}/",
+                "durationWaiting": 7, "recordUrl": f"https://media.test/talk/{SESSION}/{record}",
             }]
             # every request carried the key and the documented form shape
             assert all(r.api_key == CRM_KEY for r in d.sims.crm.requests)
@@ -113,7 +113,7 @@ async def test_transfer_credits_the_employee_who_talked_last_with_their_record(t
             [upload] = d.uploads_for(SESSION)
             assert upload["code"] == "102" and upload["userId"] == 2
             boris_leg = next(leg for leg in scenario.legs if leg.employee_id == BORIS[0])
-            assert upload["recordUrl"].endswith(f"/{SESSION}/{boris_leg.call_records[0]}/")
+            assert upload["recordUrl"].endswith(f"/{SESSION}/{boris_leg.call_records[0]}")
             assert upload["duration"] == scenario.report["talk_duration"]
 
 
@@ -334,7 +334,7 @@ async def test_recording_that_lags_the_hangup_is_waited_for(tmp_path):
             await d.play(scenario, records_after_seconds=1.0)
             await d.sims.crm.wait_for(lambda: d.uploads_for(SESSION))
             [upload] = d.uploads_for(SESSION)
-            assert upload["recordUrl"].endswith(f"/{scenario.legs[0].call_records[0]}/")
+            assert upload["recordUrl"].endswith(f"/{scenario.legs[0].call_records[0]}")
             asked = [r for r in d.sims.uis.rpc_requests if r["method"] == "get.call_legs_report"]
             assert len(asked) >= 2
 

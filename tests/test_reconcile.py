@@ -109,10 +109,25 @@ async def test_backfill_uploads_missed_sessions_like_live_ones_and_a_rerun_chang
             # two windows of at most three months, paged by two with a stable order
             reports = _reports(sims.uis, asked_before)
             asked = [(p["date_from"], p["date_till"], p["offset"]) for p in reports]
-            assert asked == [("2024-01-01 00:00:00", "2024-03-31 23:59:59", o) for o in (0, 2, 4)] \
-                + [("2024-04-01 00:00:00", "2024-06-30 23:59:59", o) for o in (0, 2, 4, 6)]
+            # keyset pages on start_time: each from the last start second read; a second that
+            # fills a page is read on its own (get.calls_report cannot be sorted by id)
+            ends = ("2024-03-31 23:59:59", "2024-06-30 23:59:59")
+            assert asked == [
+                ("2024-01-01 00:00:00", ends[0], 0),
+                ("2024-01-10 14:03:27", "2024-01-10 14:03:27", 0),
+                ("2024-01-10 14:03:28", ends[0], 0),
+                ("2024-02-14 09:00:00", "2024-02-14 09:00:00", 0),
+                ("2024-02-14 09:00:01", ends[0], 0),
+                ("2024-04-01 00:00:00", ends[1], 0),
+                ("2024-04-02 08:15:00", "2024-04-02 08:15:00", 0),
+                ("2024-04-02 08:15:01", ends[1], 0),
+                ("2024-05-17 14:03:27", "2024-05-17 14:03:27", 0),
+                ("2024-05-17 14:03:28", ends[1], 0),
+                ("2024-06-05 11:11:11", "2024-06-05 11:11:11", 0),
+                ("2024-06-05 11:11:12", ends[1], 0),
+            ]
             assert all(p["limit"] == 2 and p["fields"] == synthesis.REPORT_FIELDS
-                       and p["sort"][0] == {"field": "start_time", "order": "asc"}
+                       and p["sort"] == [{"field": "start_time", "order": "asc"}]
                        for p in reports)
             summary = out.getvalue()
             assert ("UIS reported 14 finished sessions; 7 already known, 7 created "
@@ -195,7 +210,8 @@ async def test_paging_leaves_the_minute_reserve_and_never_gets_refused(tmp_path)
                 assert sorted(tally.created_ids) == ids
             finally:
                 store.close()
-            assert [p["offset"] for p in _reports(sims.uis)] == [0, 1, 2, 3, 4]  # none refused
+            reports = _reports(sims.uis)
+            assert len(reports) == 9 and {p["offset"] for p in reports} == {0}  # none refused
             assert min(seen) >= 1  # the reserve stayed for live work
 
 
@@ -234,7 +250,7 @@ async def test_failures_are_retried_with_backoff_up_to_max_retries(tmp_path, mne
                 store.close()
 
 
-async def test_a_window_fuller_than_the_offset_limit_is_split(tmp_path):
+async def test_paging_never_needs_an_offset(tmp_path):
     with trio.fail_after(30):
         async with open_sims() as sims, httpx.AsyncClient() as http:
             settings = settings_for(tmp_path, sims.uis_url, sims.crm_url, **_sections(
@@ -242,20 +258,54 @@ async def test_a_window_fuller_than_the_offset_limit_is_split(tmp_path):
             ids = await _register_lost(sims.uis, 6, datetime(2024, 5, 17, 10, 0, 0))
             store = open_store(settings)
             try:
-                reconciler, _ = _reconciler(settings, store, http, max_offset=2)
+                reconciler, _ = _reconciler(settings, store, http)
                 tally = await reconciler.reconcile(datetime(2024, 5, 17, 10, 0, 0),
                                                    datetime(2024, 5, 17, 10, 5, 59))
             finally:
                 store.close()
             assert sorted(tally.created_ids) == ids
             assert tally.reported == 6 and tally.created == 6
-            assert max(p["offset"] for p in _reports(sims.uis)) <= 2
+            assert max(p["offset"] for p in _reports(sims.uis)) == 0
+
+
+async def test_thousands_of_sessions_sharing_a_few_start_seconds_are_each_read_once(tmp_path):
+    """2,500 sessions in five start seconds, pages of 100: UIS gives no order among sessions
+    of one second (the simulator shuffles them per request), so offset paging would miss and
+    repeat some; keyset pages with id-range splits of crowded seconds read each exactly once."""
+    seconds = {datetime(2024, 5, 17, 10, 0, 0): 700, datetime(2024, 5, 17, 10, 0, 1): 30,
+               datetime(2024, 5, 17, 10, 0, 5): 1000, datetime(2024, 5, 17, 10, 0, 6): 70,
+               datetime(2024, 5, 17, 10, 0, 9): 700}
+    with trio.fail_after(120):
+        async with open_sims() as sims, httpx.AsyncClient() as http:
+            settings = settings_for(tmp_path, sims.uis_url, sims.crm_url, **_sections(
+                reconcile={"page_size": 100}))
+            ids = []
+            for at, count in seconds.items():
+                for _ in range(count):
+                    sid = MISSED + len(ids) * 7  # not contiguous: ranges split on real ids
+                    sims.uis.register(scenarios.lost_in_ivr(sid, start=at, wait_seconds=5))
+                    ids.append(sid)
+            store = open_store(settings)
+            try:
+                reconciler, _ = _reconciler(settings, store, http)
+                tally = await reconciler.reconcile(*DAY)
+                again = await reconciler.reconcile(*DAY)
+            finally:
+                store.close()
+            assert tally.created_ids == list(dict.fromkeys(tally.created_ids))  # none twice
+            assert sorted(tally.created_ids) == ids
+            assert (tally.reported, tally.read, tally.created) == (2500, 2500, 2500)
+            assert (again.created, again.known, again.read) == (0, 2500, 2500)
+            reports = _reports(sims.uis)
+            assert all(p["limit"] == 100 and p["offset"] == 0 for p in reports)
+            assert all(p["sort"] == [{"field": "start_time", "order": "asc"}] for p in reports)
 
 
 async def test_backfill_stops_when_the_day_budget_runs_low_and_a_rerun_continues(tmp_path):
     with trio.fail_after(30):
         async with open_sims() as sims:
-            sims.uis.day_limit = 4
+            # pages of one: each session costs its page and the read of its start second
+            sims.uis.day_limit = 6
             settings = settings_for(tmp_path, sims.uis_url, sims.crm_url, **_sections(
                 reconcile={"page_size": 1, "day_reserve": 2}))
             ids = await _register_lost(sims.uis, 4, datetime(2024, 5, 17, 10, 0, 0))
@@ -263,7 +313,7 @@ async def test_backfill_stops_when_the_day_budget_runs_low_and_a_rerun_continues
             assert await backfill.run_backfill(settings, *DAY, deliver=False, out=out) == 1
             assert "2 created" in out.getvalue()
             assert "day budget is down to 2" in out.getvalue()
-            assert len(_reports(sims.uis)) == 2
+            assert len(_reports(sims.uis)) == 4
             sims.uis.day_limit = 100  # a new day
             out = io.StringIO()
             assert await backfill.run_backfill(settings, *DAY, deliver=False, out=out) == 0

@@ -433,3 +433,73 @@ def test_employee_phone_is_kept_as_uis_dials_it():
                                   {"uis_id": 3, "crm_user_id": 3, "code": "103"}]}
     employees = config.parse(data, {}).employees
     assert [e.phone for e in employees] == ["79000000101", "205", ""]
+
+
+async def ask_cdr(d: Any, **fields: Any) -> httpx.Response:
+    """UIS's documented parameter set of interactive call processing (no call_session_id)."""
+    params = {"start_time": "2024-05-17 14:03:28", "input_result": "", "numa": CALLER,
+              "numb": VIRTUAL, **fields}
+    return await d.client.get(f"{d.url}/webhooks/uis/{SECRET}/route", params=params)
+
+
+def route_rows_without_call(d: Any) -> list[dict[str, Any]]:
+    rows = d.ctx.store.conn.execute(
+        "SELECT * FROM events WHERE event = 'route' AND call_id IS NULL").fetchall()
+    return [{**dict(row), "body": json.loads(row["body"])} for row in rows]
+
+
+async def test_cdr_id_of_a_known_session_routes_and_journals_on_that_call(tmp_path):
+    with trio.fail_after(20):
+        async with open_system(tmp_path, **_sections()) as d:
+            d.sims.crm.managers["+79991234567"] = MANAGER_ANNA
+            await d.post({"event": "incoming_call", "call_session_id": SESSION,
+                          "contact_phone_number": CALLER, "virtual_phone_number": VIRTUAL})
+            response = await ask_cdr(d, cdr_id=SESSION)
+            assert response.json() == {"phones": ["79000000101"]}
+            [row] = route_rows(d)
+            assert row["outcome"] == "routed"
+            assert row["body"]["cdr_id"] == str(SESSION)
+            assert row["body"]["call"] == "cdr_id is a known session id"
+            await d.settle()
+            assert d.events_for(SESSION) == [anna_card()]
+
+
+async def test_an_unknown_cdr_id_finds_the_callers_live_call(tmp_path):
+    with trio.fail_after(20):
+        async with open_system(tmp_path, **_sections()) as d:
+            d.sims.crm.managers["+79991234567"] = MANAGER_ANNA
+            for session, caller in ((SESSION, CALLER), (SESSION + 1, "79990000000")):
+                await d.post({"event": "incoming_call", "call_session_id": session,
+                              "contact_phone_number": caller, "virtual_phone_number": VIRTUAL})
+            assert (await ask_cdr(d, cdr_id=123456)).json() == {"phones": ["79000000101"]}
+            [row] = route_rows(d)
+            assert row["body"]["call"] == "cdr_id unknown: the caller's live call"
+            assert row["body"]["cdr_id"] == "123456"
+            assert route_rows(d, SESSION + 1) == []
+            await d.settle()
+            assert d.events_for(SESSION) == [anna_card()]
+            assert d.ctx.store.call_row(123456) is None  # no call made up from a cdr_id
+
+
+async def test_a_cdr_id_that_matches_no_call_is_journaled_without_one_and_opens_no_card(
+        tmp_path):
+    with trio.fail_after(20):
+        async with open_system(tmp_path, **_sections()) as d:
+            d.sims.crm.managers["+79991234567"] = MANAGER_ANNA
+            assert (await ask_cdr(d, cdr_id=123456)).json() == {"phones": ["79000000101"]}
+            [row] = route_rows_without_call(d)
+            assert row["outcome"] == "routed"
+            assert row["body"]["call"] == "cdr_id matches no call tracker knows"
+            await d.settle()
+            assert d.ctx.store.call_row(123456) is None
+            assert d.sims.crm.events == []
+
+
+async def test_call_session_id_wins_over_cdr_id(tmp_path):
+    with trio.fail_after(20):
+        async with open_system(tmp_path, **_sections()) as d:
+            d.sims.crm.managers["+79991234567"] = MANAGER_ANNA
+            await ask_cdr(d, cdr_id=123456, call_session_id=SESSION)
+            [row] = route_rows(d)
+            assert row["body"]["call"] == "call_session_id"
+            assert route_rows_without_call(d) == []

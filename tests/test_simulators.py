@@ -252,3 +252,52 @@ async def test_restartable_server_refuses_connections_while_stopped() -> None:
     assert first.json() == {"success": True}
     assert again.status_code == 404
     assert again.json() == {"success": False, "errorMsg": "API method not found"}
+
+
+@pytest.mark.parametrize(("method", "params", "mnemonic", "field", "value"), [
+    ("get.calls_report", {"sort": [{"field": "start_time"}, {"field": "id"}]},
+     "sort_prohibited", "sort.field", "id"),
+    ("get.calls_report", {"sort": [{"field": "finish_time"}]},
+     "sort_prohibited", "sort.field", "finish_time"),
+    ("get.calls_report", {"filter": {"field": "finish_time", "operator": "is_null"}},
+     "filter_prohibited", "filter.field", "finish_time"),
+    ("get.calls_report", {"filter": {"field": "start_time", "operator": ">=",
+                                     "value": "2024-05-17 10:00:00"}},
+     "filter_prohibited", "filter.field", "start_time"),
+    ("get.call_legs_report", {"sort": [{"field": "id", "order": "desc"}]},
+     "sort_prohibited", "sort.field", "id"),
+    ("get.call_legs_report", {"filter": {"filters": [
+        {"field": "call_session_id", "operator": "=", "value": 1004},
+        {"field": "call_records", "operator": "is_null"}]}},
+     "filter_prohibited", "filter.filters.field", "call_records"),
+])
+async def test_reports_refuse_sorting_and_filtering_their_field_tables_forbid(
+        method: str, params: dict[str, Any], mnemonic: str, field: str, value: str) -> None:
+    """Refused even when no row would match: UIS checks the request, not the data."""
+    uis = UisSimulator("tok")
+    window = {"date_from": "2024-05-17 00:00:00", "date_till": "2024-05-17 23:59:59"}
+    with trio.fail_after(10):
+        async with open_server(uis.app) as url, httpx.AsyncClient(base_url=url) as client:
+            answer = (await client.post("/dataapi/v2.0",
+                                        json=rpc(method, **window, **params))).json()
+    assert answer["error"]["code"] == -32602
+    assert answer["error"]["data"]["mnemonic"] == mnemonic
+    assert (answer["error"]["data"]["field"], answer["error"]["data"]["value"]) == (field, value)
+
+
+async def test_reports_sort_by_the_fields_their_tables_allow() -> None:
+    uis = UisSimulator("tok")
+    for scenario in BUILT.values():
+        uis.register(scenario)
+    window = {"date_from": "2024-05-17 00:00:00", "date_till": "2024-05-17 23:59:59"}
+    with trio.fail_after(10):
+        async with open_server(uis.app) as url, httpx.AsyncClient(base_url=url) as client:
+            calls = (await client.post("/dataapi/v2.0", json=rpc(
+                "get.calls_report", **window, sort=[{"field": "start_time"}],
+                filter={"field": "id", "operator": ">=", "value": 1004}))).json()
+            legs = (await client.post("/dataapi/v2.0", json=rpc(
+                "get.call_legs_report", **window,
+                sort=[{"field": "call_session_id", "order": "desc"}]))).json()
+    assert sorted(r["id"] for r in calls["result"]["data"]) == [1004, 1005, 1006, 1007]
+    sessions = [r["call_session_id"] for r in legs["result"]["data"]]
+    assert sessions == sorted(sessions, reverse=True) and len(set(sessions)) > 3

@@ -206,7 +206,7 @@ async def test_unknown_uis_employee_is_a_dead_letter_with_the_reason(tmp_path):
             await d.settle()
             [dead] = d.ctx.store.dead_letters()
             assert dead["kind"] == "employee_status"
-            assert "employee_not_found" in dead["last_error"]
+            assert "entity_not_found" in dead["last_error"]  # UIS's update.* error
 
 
 # -- UIS -> retailCRM --------------------------------------------------------------------------
@@ -358,7 +358,7 @@ def test_click_and_status_sync_settings_come_from_the_environment_too():
     assert settings.click.dedupe_seconds == 3.0
     defaults = config.parse(BASE_CONFIG, {})
     assert defaults.status_sync.poll_seconds == 0 and defaults.click.busy_reasons() == {
-        "busy", "contact_busy", "subscriber_busy"}
+        "subscriber_busy"}  # get.calls_report's documented finish_reason for a busy customer
 
 
 async def test_a_status_set_in_retailcrm_cancels_an_older_push_from_uis(tmp_path):
@@ -379,3 +379,24 @@ async def test_a_status_set_in_retailcrm_cancels_an_older_push_from_uis(tmp_path
                 "SELECT kind, status FROM outbox ORDER BY id").fetchall()
             assert [tuple(k) for k in kinds] == [("crm_user_status", "superseded"),
                                                  ("employee_status", "delivered")]
+
+
+async def test_a_status_id_uis_no_longer_knows_is_read_again_after_entity_not_found(tmp_path):
+    """update.employees names an unknown status_id with -32602 entity_not_found, field
+    status_id: that push is a dead letter, and the next one reads get.statuses again."""
+    with trio.fail_after(20):
+        async with open_system(tmp_path, status_sync={"mode": "status_id"}) as d:
+            await set_status(d, "busy")
+            await d.settle()
+            assert updates(d) == [{"id": ANNA[0], "status_id": 3}]
+            d.sims.uis.statuses = {1: "available", 2: "break", 7: "do_not_disturb"}  # edited
+            await set_status(d, "free")
+            await set_status(d, "busy")
+            await d.settle()
+            [dead] = d.ctx.store.dead_letters()
+            assert "entity_not_found" in dead["last_error"]
+            await set_status(d, "busy", userId="1", code="101", extra="again")
+            await d.settle()
+            assert updates(d)[-1] == {"id": ANNA[0], "status_id": 7}
+            asked = [r for r in d.sims.uis.rpc_requests if r.get("method") == "get.statuses"]
+            assert len(asked) == 2

@@ -63,7 +63,7 @@ CASES = [
      ("incoming_call", "waiting_answer", "talk_started"), "ended",
      [("in", ["101"], None), ("hangup", ["101"], "answered")],
      {"result": "answered", "code": "101", "userId": 1, "duration": 95, "durationWaiting": 7,
-      "recordUrl": f"https://media.test/talk/{SESSION}/{SESSION * 100 + 51}/"}),
+      "recordUrl": f"https://media.test/talk/{SESSION}/{SESSION * 100 + 51}"}),
     ("ring group, nobody answered, lost_call lost",
      scenarios.ring_group_lost(SESSION, start=start_time(), ringing=[ANNA, BORIS, VERA],
                                wait_seconds=31),
@@ -81,7 +81,7 @@ CASES = [
      ("incoming_call", "waiting_answer", "waiting_answer"), "ended",
      [("in", ["101"], None), ("in", ["102"], None), ("hangup", ["101", "102"], "answered")],
      {"result": "answered", "code": "102", "userId": 2, "duration": 40, "durationWaiting": 5,
-      "recordUrl": f"https://media.test/talk/{SESSION}/{SESSION * 100 + 52}/"}),
+      "recordUrl": f"https://media.test/talk/{SESSION}/{SESSION * 100 + 52}"}),
 ]
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from tracker.cli.activation import telephony
-from tracker.clients.crm import CrmClient
+from tracker.clients.crm import AccountNotFound, CrmClient
 from tracker.clients.uis import UisClient
 from tracker.config import Settings, exposed_mode
 from tracker.errors import DeliveryError, PermanentDelivery
@@ -163,6 +163,9 @@ async def _check_crm(settings: Settings, crm: CrmClient, findings: list[Finding]
     endpoint = f"telephony/setting/{code}" if version == "v4" else f"integration-modules/{code}"
     try:
         answer = await crm.get(endpoint)
+    except AccountNotFound as exc:
+        findings.append(Finding("crm", FAIL, str(exc)))
+        return
     except PermanentDelivery as exc:
         if exc.status == 404 and "API method not found" not in exc.detail:
             findings.append(Finding("crm", OK, f"API key accepted by {settings.crm.url}"))

@@ -2,8 +2,9 @@
 
 Wire format as retailCRM's official clients send it: form-encoded bodies whose nested values are
 one field holding a JSON string, the key in ``X-API-KEY``. Answers are classified into the error
-tree: transport failures, timeouts, 429 and 5xx (HTML bodies included) are retryable; other
-refusals are permanent and carry retailCRM's ``errorMsg``.
+tree: transport failures, timeouts, 429 and 5xx (HTML bodies included) are retryable; a 4xx
+without JSON (or ``Account does not exist.``) is ``AccountNotFound``, permanent: ``crm.url`` is
+wrong; other refusals are permanent and carry retailCRM's ``errorMsg``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ import httpx
 from tracker.clients.throttle import Gate
 from tracker.config import CrmSettings
 from tracker.errors import DeliveryError, PermanentDelivery, RetryableDelivery
+
+
+class AccountNotFound(PermanentDelivery):
+    """``crm.url`` names no retailCRM account (a non-JSON 4xx, or ``Account does not exist.``)."""
 
 
 @dataclass(frozen=True)
@@ -173,10 +178,24 @@ class CrmClient:
                 detail=_message(body, text),
                 retry_after_seconds=_retry_after(response),
             )
+        if not isinstance(body, dict) and 400 <= status < 500:
+            # retailCRM answers every API route with JSON; a 4xx page without JSON comes from
+            # in front of it: a POST to an account that does not exist gets 405 text/html (the
+            # official PHP client maps exactly that to "Account does not exist."). Retrying
+            # cannot help until crm.url is fixed.
+            raise AccountNotFound(
+                f"retailCRM account not found at {self._settings.url} (HTTP {status} without a "
+                f"JSON answer for {endpoint}): check crm.url", status=status, detail=text[:300],
+            )
         if not isinstance(body, dict):
             raise RetryableDelivery(
                 f"retailCRM {endpoint}: HTTP {status} without a JSON answer", status=status,
                 detail=text[:300],
+            )
+        if status >= 400 and _message(body, text).rstrip(".") == "Account does not exist":
+            raise AccountNotFound(
+                f"retailCRM account not found at {self._settings.url} (HTTP {status}: "
+                f"{_message(body, text)}): check crm.url", status=status, detail=text,
             )
         if status >= 400 or body.get("success") is False:
             raise PermanentDelivery(

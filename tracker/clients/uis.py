@@ -1,7 +1,8 @@
 """UIS Data API and Call API client (JSON-RPC 2.0) over the shared ``httpx.AsyncClient``.
 
 ``code`` in a UIS error is only a group; ``data.mnemonic`` is the reason. Retryable: transport
-failures, -32029 ``limit_exceeded`` and -32603 internal errors; everything else is permanent
+failures, -32029 ``limit_exceeded`` (held off for as long as the refusal's own
+``error.data.metadata.limits`` say) and -32603 internal errors; everything else is permanent
 until the configuration changes.
 """
 
@@ -17,7 +18,7 @@ import httpx
 from tracker.clients.throttle import Gate
 from tracker.config import UisSettings
 from tracker.core.payloads import record_url, uis_date
-from tracker.core.ratelimit import limit_exceeded_wait
+from tracker.core.ratelimit import error_limits, limit_exceeded_wait
 from tracker.errors import PermanentDelivery, RetryableDelivery
 
 _RETRYABLE_CODES = {-32029, -32603}
@@ -32,12 +33,15 @@ class Recording:
 
 
 class UisError(PermanentDelivery):
-    """A permanent JSON-RPC error; ``mnemonic`` is UIS's reason."""
+    """A permanent JSON-RPC error; ``mnemonic`` is UIS's reason, ``field`` the parameter it
+    names (a dot path), when it names one."""
 
-    def __init__(self, message: str, *, mnemonic: str, code: int | None) -> None:
+    def __init__(self, message: str, *, mnemonic: str, code: int | None,
+                 field: str | None = None) -> None:
         super().__init__(message, detail=mnemonic)
         self.mnemonic = mnemonic
         self.code = code
+        self.field = field
 
 
 class UisClient:
@@ -91,8 +95,13 @@ class UisClient:
         for leg in ordered:
             records = leg.get("call_records") or []
             if records:
-                return Recording(record_url(self._settings.media_url, session_id, str(records[0])),
-                                 talked)
+                # The id in the link is the one the row gives (the legs report documents
+                # .../talk/{call_session_id}/{record}), in that report's form.
+                owner = leg.get("call_session_id")
+                owner = owner if isinstance(owner, int) and not isinstance(owner, bool) \
+                    else session_id
+                url = record_url(self._settings.media_url, owner, str(records[0]), report="legs")
+                return Recording(url, talked)
         return Recording(None, talked)
 
     # -- deals (features/deals.py; method names in docs/reference-notes.md "UIS: deals") -------
@@ -144,16 +153,27 @@ class UisClient:
         error = answer.get("error")
         if error is not None:
             error = error if isinstance(error, dict) else {"message": str(error)}
-            data = given if isinstance(given := error.get("data"), dict) else {}
+            raw_data = error.get("data")
+            data: dict[str, Any] = raw_data if isinstance(raw_data, dict) else {}
             mnemonic = str(data.get("mnemonic") or "unknown")
             code = error.get("code")
             message = f"UIS {method}: {mnemonic}: {error.get('message', '')}".strip()
             if code in _RETRYABLE_CODES:
-                wait = limit_exceeded_wait(self.last_limits) if code == -32029 else None
-                if self.gate is not None and code == -32029:
-                    self.gate.note_answer(throttled=True, retry_after_seconds=wait)
+                wait = None
+                if code == -32029:
+                    # The refusal's own error.data.metadata.limits say which budget ran out
+                    # and when it resets; the last answer's are older.
+                    limits = error_limits(data)
+                    if limits is not None:
+                        self.last_limits = dict(limits)
+                    wait = limit_exceeded_wait(limits if limits is not None
+                                               else self.last_limits)
+                    if self.gate is not None:
+                        self.gate.note_answer(throttled=True, retry_after_seconds=wait)
                 raise RetryableDelivery(message, detail=mnemonic, retry_after_seconds=wait)
-            raise UisError(message, mnemonic=mnemonic, code=code if isinstance(code, int) else None)
+            field = data.get("field")
+            raise UisError(message, mnemonic=mnemonic, code=code if isinstance(code, int) else None,
+                           field=field if isinstance(field, str) else None)
         result = answer.get("result")
         if not isinstance(result, dict):
             raise RetryableDelivery(f"UIS {method}: answer without a result")

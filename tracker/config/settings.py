@@ -129,7 +129,8 @@ class ClickSettings:
     dedupe_seconds: float = 5.0
     deadline_seconds: float = 5.0
     virtual_phone_numbers: str = ""  # more of our virtual numbers externalPhone may name
-    busy_finish_reasons: str = "busy,contact_busy,subscriber_busy"
+    # get.calls_report's documented finish_reason for "the customer is busy" ("Абонент занят")
+    busy_finish_reasons: str = "subscriber_busy"
 
     def our_virtual_numbers(self) -> tuple[str, ...]:
         """The extra virtual numbers as digits (``uis.virtual_phone_number`` is not included)."""

@@ -8,6 +8,7 @@ that stored them commits.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from transitions import EventData
 
@@ -82,7 +83,12 @@ class Call:
         elif n.event == "lost_call":
             self.wait_seconds = n.wait_seconds if n.wait_seconds is not None else self.wait_seconds
             self.total_seconds = n.total_seconds or self.total_seconds
-        elif n.event == "talk_finished" and n.talk_seconds is not None:
+        elif (n.event == "talk_finished" and n.talk_seconds is not None
+              and self.state not in FINAL_STATES):
+            # Talks of one session add up until call_finished gives the session's own total
+            # (every call_finished leaves the call final); after that (it may arrive first: UIS
+            # sends each notification on its own) a talk_finished changes nothing, or the talk
+            # would count twice.
             self.talk_seconds = (self.talk_seconds or 0) + n.talk_seconds
 
     def note_talk(self, event: EventData) -> None:
@@ -121,7 +127,32 @@ class Call:
         answered = event.transition is not None and event.transition.dest == "ended"
         if answered:
             self.talked = True
-        self.commands.append(Upload(result="answered" if answered else "no answer"))
+        result = "answered" if answered else "no answer"
+        self.commands.append(Upload(result=result, snapshot=self.upload_snapshot(n, result)))
+
+    def upload_snapshot(self, n: Notification, result: str) -> dict[str, Any]:
+        """What the upload carries, fixed at the final transition (see ``Upload.snapshot``).
+
+        The start is the finish minus the session's total when call_finished says both: that
+        does not depend on whether incoming_call arrived before or after it.
+        """
+        started_at = self.started_at
+        if n.event == "call_finished" and n.at is not None and n.total_seconds is not None:
+            started_at = n.at - n.total_seconds
+        if result == "answered":
+            employee_id = self.talked_employee_id
+        else:
+            employee_id = self.rang[-1] if self.rang else None  # the last employee it rang
+        return {
+            "employee_id": employee_id,
+            "direction": self.direction,
+            "contact_phone": self.contact_phone,
+            "virtual_phone": self.virtual_phone,
+            "started_at": started_at if started_at is not None else n.at,
+            "finished_at": self.finished_at,
+            "talk_seconds": self.talk_seconds,
+            "wait_seconds": self.wait_seconds,
+        }
 
     def _close(self, targets: list[int], status: str) -> None:
         if targets:

@@ -2,7 +2,9 @@
 
 This is plain data shared by the webhook parser (which variables each event carries), the README
 (the templates a user pastes into UIS) and the UIS simulator (which renders them the way UIS
-does: every ``{{name}}`` replaced by a JSON literal).
+does: every ``{{name}}`` replaced by a JSON literal). Each template names only variables UIS
+documents for that event (docs/reference-notes.md, "Notification variables"): one it does not
+offer may be left unfilled.
 """
 
 from __future__ import annotations
@@ -90,15 +92,9 @@ NOTIFICATIONS: tuple[NotificationType, ...] = (
         "lost_call",
         "Потерянный звонок",
         "Lost call",
-        _COMMON
-        + (
-            "direction",
-            "virtual_phone_number",
-            "contact_phone_number",
-            "employee_ids",
-            "wait_time_duration",
-            "total_time_duration",
-        ),
+        # No direction or total_time_duration: UIS offers neither for a lost call.
+        _COMMON + ("virtual_phone_number", "contact_phone_number", "employee_ids",
+                   "wait_time_duration"),
     ),
     NotificationType(
         "outgoing_call",
@@ -110,8 +106,7 @@ NOTIFICATIONS: tuple[NotificationType, ...] = (
             "contact_phone_number",
             "employee_id",
             "employee_full_name",
-            "external_id",
-        ),
+        ),  # no external_id: UIS offers none for an outbound call's start
     ),
     NotificationType(
         "call_recorded",

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 # Cards first: a pop-up or hangup is worth nothing late, a history upload can wait.
@@ -31,6 +32,10 @@ class Upload:
     """Put the call into retailCRM's history (``telephony/calls/upload``)."""
 
     result: str  # "answered" | "no answer"
+    # What the upload says, fixed when the call became final (``Call.upload_snapshot``): later
+    # notifications may enrich the stored call, never what is (or will be) uploaded. Rows
+    # queued before it existed carry no snapshot and are built from the stored call.
+    snapshot: Mapping[str, Any] | None = field(default=None, compare=False)
     kind: str = "upload"
 
 
@@ -41,4 +46,6 @@ def payload(command: Command) -> dict[str, Any]:
     """The JSON-ready payload stored in the outbox row."""
     data = asdict(command)
     data.pop("kind")
+    if data.get("snapshot") is None:
+        data.pop("snapshot", None)
     return data

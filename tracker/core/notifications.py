@@ -16,8 +16,9 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from tracker.core import bodies
 from tracker.core.catalogue import EVENTS
-from tracker.errors import RejectedNotification
+from tracker.errors import BodyError, RejectedNotification
 
 # Where UIS sends notifications: this prefix, then ``uis.webhook_secret`` (the routing request
 # hangs below it, ``.../<secret>/route``). Defined once for the web layer, the CLI and the tools.
@@ -224,3 +225,60 @@ def _time(fields: Mapping[str, Any], name: str, tz: ZoneInfo) -> float | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=tz)
     return moment.timestamp()
+
+
+# -- variables UIS left unfilled ----------------------------------------------------------------
+# A template naming a variable the event does not offer gets the variable's own text back,
+# ``{{name}}``: quoted in the template it is a string value (absent for ``parse``), unquoted it
+# makes the body invalid JSON. Kept apart from the decoders so that any decoder can use it.
+
+UNFILLED = "tracker_unfilled"  # marker field: the variables a decoder found bare and nulled
+_BARE = re.compile(r"(?<=[:\[,])(\s*)\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}(?=\s*[,\]}])")
+
+
+def fill_bare_placeholders(text: str) -> tuple[str, list[str]]:
+    """``text`` with every bare ``{{name}}`` standing for a JSON value replaced by ``null``,
+    and the names replaced. For a body that failed to decode: a placeholder inside a string
+    is left alone unless it looks like a value there too (``"a: {{b}}, c"``), which only a
+    body that was not JSON anyway can contain."""
+    names: list[str] = []
+
+    def null(match: re.Match[str]) -> str:
+        names.append(match.group(2))
+        return match.group(1) + "null"
+
+    return _BARE.sub(null, text), names
+
+
+def unfilled_variables(fields: Mapping[str, Any]) -> list[str]:
+    """The variables of a decoded notification that UIS left unfilled: values that are a
+    quoted ``{{name}}``, and those a decoder nulled (``UNFILLED``), in body order."""
+    names = [str(key) for key, value in fields.items()
+             if isinstance(value, str) and _UNREPLACED.match(value.strip())]
+    marked = fields.get(UNFILLED)
+    if isinstance(marked, list):
+        names += [str(name) for name in marked if str(name) not in names]
+    return names
+
+
+
+def decode_object_with_placeholders(raw: bytes) -> dict[str, Any]:
+    """A notification's JSON object (``bodies.decode_object``), also when UIS left bare
+    ``{{name}}`` placeholders standing for values: those become null and their names ride
+    along under ``UNFILLED``. Anything else wrong is refused as ``bodies`` refuses it."""
+    try:
+        return bodies.decode_object(raw)
+    except BodyError as exc:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise exc from None
+        filled, names = fill_bare_placeholders(text)
+        if not names:
+            raise
+        try:
+            data = bodies.decode_object(filled.encode("utf-8"))
+        except BodyError:
+            raise exc from None
+        data[UNFILLED] = names
+        return data

@@ -102,6 +102,39 @@ def _attribution(call: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def record_url(media_url: str, session_id: int, record_id: str) -> str:
-    """The playable link of a UIS recording: ``{media_url}/{session}/{record}/``."""
-    return f"{media_url.rstrip('/')}/{session_id}/{record_id}/"
+_SNAPSHOT_KEYS = ("direction", "contact_phone", "virtual_phone", "started_at", "finished_at",
+                  "talk_seconds", "wait_seconds")
+
+
+def upload_view(call: Mapping[str, Any], payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The call as its upload must describe it: the stored row overlaid with the snapshot the
+    outbox row took when the call became final, plus ``upload_employee_id`` (whom to credit).
+
+    Rows queued before snapshots existed fall back to the stored call, as they always did.
+    """
+    view = dict(call)
+    snapshot = payload.get("snapshot")
+    if isinstance(snapshot, Mapping):
+        view.update({key: snapshot[key] for key in _SNAPSHOT_KEYS if key in snapshot})
+        view["upload_employee_id"] = snapshot.get("employee_id")
+    elif payload.get("result") == "answered":
+        view["upload_employee_id"] = call.get("talked_employee_id")
+    else:
+        rang = json.loads(call.get("rang") or "[]")
+        view["upload_employee_id"] = rang[-1] if rang else None  # the last employee it rang
+    return view
+
+
+def record_url(media_url: str, owner_id: int, record_id: str, *, report: str = "legs") -> str:
+    """The playable link of a UIS recording, in the form the report it came from documents.
+
+    ``get.call_legs_report``: ``{media_url}/{call_session_id}/{record}`` (the row's
+    ``call_session_id``); ``get.calls_report``: ``{media_url}/{communication_id}/{record}/``
+    (the row's ``communication_id``, with the trailing slash that page writes).
+    """
+    base = f"{media_url.rstrip('/')}/{owner_id}/{record_id}"
+    if report == "legs":
+        return base
+    if report == "calls":
+        return base + "/"
+    raise ValueError(f"unknown report {report!r}")

@@ -153,10 +153,19 @@ def _number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def error_limits(data: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The ``metadata.limits`` of a UIS error's ``data`` (UIS sends the metadata with errors
+    as with results), or None when the error carries none."""
+    metadata = data.get("metadata")
+    limits = metadata.get("limits") if isinstance(metadata, Mapping) else None
+    return limits if isinstance(limits, Mapping) and limits else None
+
+
 def limit_exceeded_wait(limits: Mapping[str, Any]) -> float:
-    """How long to hold off after UIS ``limit_exceeded``, judged by the last ``metadata.limits``:
-    until the day budget resets when it is spent, else until the minute budget resets (60 s
-    when UIS never said)."""
+    """How long to hold off after UIS ``limit_exceeded``, judged by ``metadata.limits``: those
+    of the refusal itself (``error_limits``) when it has them, else the last answer's. Until
+    the day budget resets when it is spent, else until the minute budget resets (60 s when UIS
+    never said)."""
     day_left, day_reset = limits.get("day_remaining"), limits.get("day_reset")
     if _number(day_left) and day_left <= 1 and _number(day_reset) and day_reset > 0:
         return float(day_reset)

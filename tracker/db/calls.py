@@ -75,6 +75,15 @@ class CallRows(Rows):
         row = self.conn.execute("SELECT * FROM calls WHERE id = ?", (call_id,)).fetchone()
         return dict(row) if row else None
 
+    def live_calls_since(self, since: float, limit: int = 200) -> list[dict[str, Any]]:
+        """Calls not yet final and updated at or after ``since``, the newest first (the
+        ``state, updated_at`` index keeps this a short walk however long the history)."""
+        rows = self.conn.execute(
+            "SELECT id, contact_phone, virtual_phone, started_at FROM calls"
+            " WHERE state IN ('ringing', 'waiting_answer', 'talking') AND updated_at >= ?"
+            " ORDER BY updated_at DESC LIMIT ?", (since, limit)).fetchall()
+        return [dict(r) for r in rows]
+
     def cards_open(self, call_id: int) -> list[int]:
         row = self.conn.execute("SELECT cards_open FROM calls WHERE id = ?", (call_id,)).fetchone()
         return json.loads(row[0] or "[]") if row else []

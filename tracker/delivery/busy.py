@@ -3,8 +3,10 @@
 Outbound sessions (click-to-call included) run through the same statechart as inbound ones: the
 ``outgoing_call`` notification sets the direction, so the pop-up and the upload say ``out``. No
 notification says *why* an outbound call was not answered; the Data API's ``finish_reason`` of
-the session may. Its values are not documented, so the ones meaning "busy" are a setting
-(``click.busy_finish_reasons``, empty: never ask). When it names one, the history item says
+the session does. ``get.calls_report`` documents its values; the one meaning the customer was
+busy is ``subscriber_busy`` ("Абонент занят"), the default of ``click.busy_finish_reasons``
+(``none``: never ask; ``operator_busy`` and the like are the employee's side and stay
+``no answer``). When it names one, the history item says
 ``busy`` instead of ``no answer``; when the lookup fails, the upload goes out as ``no answer``
 rather than wait. The card's hangup status stays ``no answered`` (it is sent first, before the
 session reaches the report).
@@ -17,7 +19,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from tracker.clients.uis import UisClient
-from tracker.core.payloads import uis_date
+from tracker.core.payloads import uis_date, upload_view
 from tracker.db.store import Store
 from tracker.delivery import batching
 from tracker.delivery.dispatcher import BatchHandler, Done, Later
@@ -34,7 +36,9 @@ def telling_busy(upload: BatchHandler, *, store: Store, uis: UisClient, tz: Zone
     async def upload_telling_busy(row: dict[str, Any], payload: dict[str, Any],
                                   slot: batching.Slot | None) -> Done | Later:
         if payload.get("result") == "no answer":
-            call = store.call_row(row["call_id"])
+            stored = store.call_row(row["call_id"])
+            # the direction the upload will carry (fixed when the call became final)
+            call = upload_view(stored, payload) if stored is not None else None
             if call is not None and call["direction"] == "out":
                 reason = await finish_reason(uis, tz, call, row["created_at"])
                 if reason is not None and reason.lower() in reasons:

@@ -102,12 +102,14 @@ class RetailCrmHandlers:
                      slot: batching.Slot | None = None) -> Done | Later:
         """The call's history item (with its recording once UIS has it), in ``slot``'s batch
         request when it has one."""
-        call = self._store.call_row(row["call_id"])
-        assert call is not None
+        stored = self._store.call_row(row["call_id"])
+        assert stored is not None
+        # what the upload says was fixed when the call became final (payloads.upload_view)
+        call = payloads.upload_view(stored, payload)
         result = payload["result"]
         note = ""
         url: str | None = None
-        employee_id = call["talked_employee_id"] if result == "answered" else None
+        employee_id = call["upload_employee_id"]
         if result == "answered":
             waited = time.time() - row["created_at"]
             remaining = self._settings.uis.record_wait_seconds - waited

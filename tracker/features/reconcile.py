@@ -10,11 +10,11 @@ through ``ingest``: the call is stored and uploaded like any other, with no card
 The "known?" check and the creation share one transaction and the synthesised notifications
 have deterministic dedupe keys, so running twice changes nothing.
 
-Paging follows the Data API's rules: windows of at most three months (``core.windows``),
-``limit``/``offset`` with a stable sort (a window holding more than ``offset`` can reach is
-split), the budgets of ``metadata.limits`` (a pause when the minute's remainder reaches
-``minute_reserve``, a stop when the day's reaches ``day_reserve``), and retries with doubling
-pauses after ``limit_exceeded``, internal errors and transport failures.
+Paging follows the Data API's rules: windows of at most three months, keyset pages on the one
+sortable key that fits (``start_time``; see "paging" below), the budgets of
+``metadata.limits`` (a pause when the minute's remainder reaches ``minute_reserve``, a stop when
+the day's reaches ``day_reserve``), and retries with doubling pauses after ``limit_exceeded``,
+internal errors and transport failures.
 """
 from __future__ import annotations
 
@@ -47,7 +47,6 @@ SOURCE = "reconcile"
 METHOD = "BACKFILL"
 REASON = "created from the Data API report: tracker had no notification of this session"
 TIME_FORMAT = synthesis.TIME_FORMAT
-_MAX_OFFSET = 100_000  # the Data API refuses a larger offset
 _MAX_PAUSE_SECONDS = 600.0
 _SECOND = timedelta(seconds=1)
 
@@ -90,10 +89,9 @@ class Reconciler:
     def __init__(self, store: Store, chart: Chart, tz: ZoneInfo, uis: UisClient,
                  settings: ReconcileSettings, *, wake: Callable[[], None] = lambda: None,
                  on_progress: Callable[[Tally], None] = lambda tally: None,
-                 max_offset: int = _MAX_OFFSET, work: Switches | None = None) -> None:
+                 work: Switches | None = None) -> None:
         self._store, self._chart, self._tz, self._uis = store, chart, tz, uis
         self._work = work  # the daemon's passes create CRM work; a backfill of the past does not
-        self._max_offset = max_offset
         self._settings = settings
         self._wake = wake
         self._on_progress = on_progress
@@ -160,43 +158,92 @@ class Reconciler:
             await self._read_window(start, end, tally)
         return tally
 
+    # -- paging ---------------------------------------------------------------------------------
+    # get.calls_report may be sorted by start_time but not by id (id is not sortable: UIS
+    # answers -32602 sort_prohibited), and nothing promises an order among sessions that share
+    # a start second, so offset paging could miss or repeat rows where a page boundary falls
+    # among them. Instead: keyset paging on start_time. Each request starts at the last start
+    # second read so far (date_from is inclusive): every row before that second was in an
+    # earlier page, the rows of that second come again and are de-duplicated by id. A second
+    # holding a whole page or more is read on its own, split by id ranges (id is filterable)
+    # until each part fits in one page. Offsets stay 0, so the 100 000 ceiling never applies.
+
     async def _read_window(self, start: datetime, end: datetime, tally: Tally) -> None:
         tally.window = f"{start:%Y-%m-%d %H:%M:%S} … {end:%Y-%m-%d %H:%M:%S}"
-        page = self._settings.page_size
-        offset = 0
-        while True:
-            result = await self._fetch(start, end, offset, tally)
+        cursor, seen, first = start, set[int](), True
+        while cursor <= end:
+            result = await self._fetch(cursor, end, tally)
             total = int((result.get("metadata") or {}).get("total_items") or 0)
-            if offset == 0 and total > self._max_offset + page and end - start > _SECOND:
-                middle = start + timedelta(seconds=(end - start).total_seconds() // 2)
-                await self._read_window(start, middle, tally)
-                await self._read_window(middle + _SECOND, end, tally)
-                return
-            if offset == 0:
+            if first:
                 tally.reported += total
-            rows = result.get("data") or []
-            now = time.time()
-            created = tally.created
-            for row in rows:
-                self._take(row, now, tally)
-            if tally.created > created:
-                self._wake()
-            self._on_progress(tally)
-            offset += len(rows)
-            if not rows or offset >= total or offset > self._max_offset:
+                first = False
+            rows = [r for r in result.get("data") or [] if isinstance(r, dict)]
+            self._take_page(rows, seen, tally)
+            if total <= len(rows) or not rows:
+                return  # this page held everything from the cursor on
+            last = synthesis.report_time(rows[-1], "start_time")
+            if last is None or last < cursor:
+                log.warning("get.calls_report page ends in a row without a usable start_time "
+                            "(%.200r): the rest of %s is left for the next pass", rows[-1],
+                            tally.window)
                 return
+            if synthesis.report_time(rows[0], "start_time") == last:
+                # A whole page in one second: the next page from there could hold nothing
+                # new, so read that second on its own, by id ranges.
+                await self._read_second(last, None, None, tally, seen)
+                cursor, seen = last + _SECOND, set()
+                continue
+            seen = {r["id"] for r in rows if synthesis.report_time(r, "start_time") == last}
+            cursor = last
 
-    async def _fetch(self, start: datetime, end: datetime, offset: int,
-                     tally: Tally) -> dict[str, Any]:
-        params = {
+    async def _read_second(self, second: datetime, low: int | None, high: int | None,
+                           tally: Tally, seen: set[int]) -> None:
+        """Every session starting in ``second`` with ``low <= id <= high`` (None: unbounded)."""
+        bounds = [{"field": "id", "operator": op, "value": v}
+                  for op, v in ((">=", low), ("<=", high)) if v is not None]
+        query = {"filters": bounds, "condition": "and"} if len(bounds) > 1 else \
+            (bounds[0] if bounds else None)
+        result = await self._fetch(second, second, tally, query)
+        total = int((result.get("metadata") or {}).get("total_items") or 0)
+        rows = [r for r in result.get("data") or [] if isinstance(r, dict)]
+        self._take_page(rows, seen, tally)
+        ids = sorted(r["id"] for r in rows if isinstance(r.get("id"), int))
+        if total <= len(rows) or not ids:
+            return
+        # The page is some of the range: split around its median id, which it already read;
+        # both halves exclude that id, so each is smaller and the split ends.
+        pivot = ids[len(ids) // 2]
+        if low is None or pivot - 1 >= low:
+            await self._read_second(second, low, pivot - 1, tally, seen)
+        if high is None or pivot + 1 <= high:
+            await self._read_second(second, pivot + 1, high, tally, seen)
+
+    def _take_page(self, rows: list[dict[str, Any]], seen: set[int], tally: Tally) -> None:
+        now = time.time()
+        created = tally.created
+        for row in rows:
+            session_id = row.get("id")
+            if isinstance(session_id, int) and session_id in seen:
+                continue  # read again where two requests overlap
+            if isinstance(session_id, int):
+                seen.add(session_id)
+            self._take(row, now, tally)
+        if tally.created > created:
+            self._wake()
+        self._on_progress(tally)
+
+    async def _fetch(self, start: datetime, end: datetime, tally: Tally,
+                     query: dict[str, Any] | None = None) -> dict[str, Any]:
+        params: dict[str, Any] = {
             "date_from": start.strftime(TIME_FORMAT),
             "date_till": end.strftime(TIME_FORMAT),
             "fields": synthesis.REPORT_FIELDS,
-            # A stable order: pages must not shift under us (the period is in the past).
-            "sort": [{"field": "start_time", "order": "asc"}, {"field": "id", "order": "asc"}],
+            "sort": [{"field": "start_time", "order": "asc"}],  # the keyset (see above)
             "limit": self._settings.page_size,
-            "offset": offset,
+            "offset": 0,
         }
+        if query is not None:
+            params["filter"] = query
         failures = 0
         while True:
             await self._pace()

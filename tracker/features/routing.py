@@ -1,17 +1,23 @@
 """Responsible-manager routing: UIS asks mid-call whom to dial, retailCRM knows the manager.
 
 A UIS scenario step "interactive call processing" requests ``/webhooks/uis/{secret}/route``
-(GET or POST: ``call_session_id``, ``numa`` = caller, ``numb`` = called) and waits for
+(GET or POST; UIS documents ``cdr_id``, ``start_time``, ``input_result``, ``numa`` = caller,
+``numb`` = called, public guides also send ``call_session_id``) and waits for
 ``{"phones": [...]}`` (whom to dial) or ``{"returned_code": N}`` (which branch to take).
 tracker asks retailCRM ``telephony/manager`` for the caller's responsible manager (answers cached
 per number for ``routing.cache_seconds``), finds them in ``[[employees]]`` by user id or code,
 skips them when known to be unavailable, and dials their ``phone``. Whatever goes wrong, the
 answer leaves within ``routing.deadline_seconds``: the configured fallback.
 
-Every decision is journaled on the call (event ``route``). A routed manager's pop-up is stored
-in the same transaction, as a ``waiting_answer`` for them fired through the statechart: the card
-reaches retailCRM before UIS even dials, and UIS's own ``waiting_answer`` for that leg then finds
-the card open (no second pop-up; the hangup closes it like any other).
+Every decision is journaled on the call (event ``route``), found by ``call_session_id``; without
+it, by ``cdr_id`` (``call_for``): a call whose session id it is, else the newest live call of the
+same caller. How ``cdr_id`` relates to the session is not documented (docs/reference-notes.md):
+a decision whose call cannot be found is journaled without one and opens no card.
+
+A routed manager's pop-up is stored in the same transaction, as a ``waiting_answer`` for them
+fired through the statechart: the card reaches retailCRM before UIS even dials, and UIS's own
+``waiting_answer`` for that leg then finds the card open (no second pop-up; the hangup closes it
+like any other).
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from tracker.logs import call_id_var
 log = logging.getLogger(__name__)
 
 CACHE_MAX_ENTRIES = 10_000  # numbers remembered at once; the oldest answer goes first
+LIVE_CALL_SECONDS = 3600.0  # a call found by its caller must have moved within the last hour
 _LOOKUP_SHARE = 0.9  # of the deadline for retailCRM; the rest journals and answers
 _DIGITS = re.compile(r"[0-9]{1,19}")
 
@@ -141,6 +148,29 @@ def employee_available(store: Store, sync: StatusSyncSettings, uis_id: int) -> b
     return max(sides)[1] == "available"
 
 
+def call_for(fields: Mapping[str, Any], caller: str | None, known: Callable[[int], bool],
+             live: Sequence[Mapping[str, Any]], region: str) -> tuple[int | None, str]:
+    """The call a routing request is about, and how it was found.
+
+    ``call_session_id`` when given; else ``cdr_id`` when a call has that id (the reading that
+    ``cdr_id`` is the session id); else the first of ``live`` (newest first) whose caller is
+    ``caller``. ``(None, why)`` when none fits.
+    """
+    session_id = _session_id(fields.get("call_session_id"))
+    if session_id is not None:
+        return session_id, "call_session_id"
+    cdr_id = _session_id(fields.get("cdr_id"))
+    if cdr_id is None:
+        return None, "no call_session_id or cdr_id"
+    if known(cdr_id):
+        return cdr_id, "cdr_id is a known session id"
+    if caller is not None:
+        for row in live:
+            if to_e164(row.get("contact_phone"), region) == caller:
+                return int(row["id"]), "cdr_id unknown: the caller's live call"
+    return None, "cdr_id matches no call tracker knows"
+
+
 # -- the I/O shell ----------------------------------------------------------------------------
 
 
@@ -229,21 +259,30 @@ class Router:
                 customer: Mapping[str, str | None] | None = None) -> None:
         """Journal the decision (and open the routed manager's card) in one transaction."""
         store = self._ctx.store
-        session_id = _session_id(fields.get("call_session_id"))
+        now = time.time()
+        try:
+            session_id, found_by = call_for(
+                fields, caller, lambda call_id: store.call_row(call_id) is not None,
+                store.live_calls_since(now - LIVE_CALL_SECONDS) if caller else [],
+                self._ctx.settings.crm.phone_region)
+        except sqlite3.Error:
+            log.exception("could not look the routed call up; answering anyway")
+            session_id, found_by = None, "lookup failed"
         body = {
             "answer": decision.answer, "decision": decision.kind, "reason": decision.reason,
             "caller": caller, "numb": _text(fields.get("numb")) or None,
+            "cdr_id": _text(fields.get("cdr_id"))[:40] or None, "call": found_by,
             "manager": _manager_summary(decision.manager),
             "employee_id": decision.employee.uis_id if decision.employee else None,
             "source": source, "ms": elapsed_ms, "customer": customer,
         }
-        now = time.time()
         try:
             with store.transaction():
-                if session_id is not None:
-                    store.journal(received_at=now, call_id=session_id, event="route",
-                                  outcome="routed" if decision.routed else "fallback",
-                                  method=method, body=json.dumps(body, ensure_ascii=False))
+                # Journaled either way; without a call it is still in the journal (call_id
+                # NULL), which the admin API's get.call_events lists.
+                store.journal(received_at=now, call_id=session_id, event="route",
+                              outcome="routed" if decision.routed else "fallback",
+                              method=method, body=json.dumps(body, ensure_ascii=False))
                 self._warn(decision, now)
                 if session_id is not None and decision.routed and decision.employee is not None:
                     ingest.ingest(store, self._ctx.chart, self._ctx.tz, {

@@ -166,7 +166,8 @@ class StatusPush:
         try:
             await self._uis.data("update.employees", params)
         except UisError as exc:
-            if exc.mnemonic == "status_not_found":
+            # update.* names an unknown id with entity_not_found (field: the parameter)
+            if exc.mnemonic == "entity_not_found" and exc.field == "status_id":
                 self._status_ids.clear()  # statuses were edited in UIS: read them again
             raise
         employee = _employee(payload)

@@ -67,6 +67,7 @@ def ingest(
         journal_rejected(store, str(exc), body, method, now)
         raise
 
+    unfilled = notifications.unfilled_variables(fields)
     with store.transaction():
         event_id = store.journal(
             received_at=now,
@@ -76,10 +77,16 @@ def ingest(
             dedupe_key=notification.dedupe_key,
             method=method,
             body=body,
+            error=_unfilled_note(unfilled),
         )
         if event_id is None:
             store.count_duplicate(notification.dedupe_key)
             return Outcome("duplicate", notification.session_id, event=notification.event)
+        for name in unfilled:
+            store.warn("unfilled_variable", f"{notification.event}.{name}"[:200],
+                       f"UIS left {{{{{name[:100]}}}}} unfilled in {notification.event} "
+                       "notifications: the template names a variable this event does not "
+                       "offer (treated as absent); use the README's template", now)
         call = store.load_call(notification.session_id) or Call(id=notification.session_id)
         applied = calls.apply(chart, call, notification)
         call.updated_at = now
@@ -117,6 +124,12 @@ def _crm_work(store: Store, call: Call, commands: tuple[Command, ...],
                                   call.direction or "in")
     for row in crmwork.plan(call, commands, work):
         store.enqueue(call.id, row.kind, row.priority, row.payload, now, lane=row.lane)
+def _unfilled_note(names: list[str]) -> str | None:
+    """The journal's note on a notification that arrived with unfilled variables."""
+    if not names:
+        return None
+    return ("UIS left template variables unfilled (treated as absent): "
+            + ", ".join(names))[:1000]
 
 
 def _ignore(store: Store, fields: Mapping[str, Any], name: str, method: str, body: str,

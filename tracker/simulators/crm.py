@@ -13,16 +13,20 @@ Routes under ``/api/v5/`` and ``/api/v4/`` (``*`` = both versions):
   see ``crm_orders`` (``self.order_book``; ``GET orders`` by ``filter[ids][]`` is answered
   from it, by ``filter[externalIds][]`` from the orders created through ``orders/create``)
 
-Checks, in order: fault (``fault`` or ``fail_next``), rate limit (503), route (404 ``API method
-not found``), key (401 ``"apiKey" is missing.``, 403 ``Wrong "apiKey" value.``), body shape (400
-``Errors in the entity format`` with ``errors``: a JSON body, a missing field, a field that is
-not JSON of the right type, an invalid value). A whole upload is refused if one item is invalid.
+With ``account_exists`` False every request is answered as retailCRM answers a URL whose
+account does not exist: 405 ``text/html`` to a POST, 404 ``Account does not exist.`` to a GET.
+Otherwise checks, in order: fault (``fault`` or ``fail_next``), rate limit (503), route (404
+``API method not found``), key (401 ``"apiKey" is missing.``, 403 ``Wrong "apiKey" value.``),
+body shape (400 ``Errors in the entity format`` with ``errors``: a JSON body, a missing field,
+a field that is not JSON of the right type, an invalid value). A whole upload is refused if one
+item is invalid.
 
 ``telephony/manager`` with ``details=1`` adds ``customer`` and ``links`` for a number in
 ``phone_customers``.
 ``telephony/manager`` for an unknown phone answers ``{"success": true}`` without ``manager``; so
-does it for a manager whose ``user_statuses`` entry is not ``free`` unless ``ignoreStatus=1`` (the
-likely reading of ``ignoreStatus``; unconfirmed).
+does it for a manager whose ``user_statuses`` entry is not ``free`` unless ``ignoreStatus`` is
+true (``1`` or ``True``, as the official clients send it; the likely reading of
+``ignoreStatus``; unconfirmed).
 Every request is recorded in ``requests`` with the status answered, rejected ones included; a
 request held by the ``"hang"`` fault is recorded once it is answered (``hanging`` counts them).
 
@@ -59,6 +63,7 @@ HANGUP_STATUSES = ("answered", "no answered", "busy", "cancel", "failed")
 CALL_RESULTS = ("answered", "no answer", "busy", "failed", "not allowed", "unknown")
 USER_STATUSES = ("free", "busy", "dinner", "break")
 HTML_503 = "<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>"
+HTML_405 = "<html><body><h1>405 Not Allowed</h1></body></html>"
 _PATH = re.compile(r"api/(v\d+)/(.*?)/?")
 
 Answer = tuple[int, dict[str, Any]]
@@ -313,6 +318,7 @@ class CrmSimulator(_CrmWork):
         self.answer_delay_seconds = 0.0
         self.delay_only: set[str] | None = None  # endpoints answer_delay_seconds holds (None: all)
         self.ignore_external_ids: set[str] = set()
+        self.account_exists = True  # False: answer like the URL of an account that does not exist
         self.changes = Changes()
         self._fault: str | None = None
         self._next_faults: list[str] = []
@@ -435,6 +441,12 @@ class CrmSimulator(_CrmWork):
             finally:
                 self.hanging -= 1
             fault = self._fault
+        if not self.account_exists:
+            # What a URL of a non-existent account answers: an HTML 405 page to a POST (the
+            # official PHP client's AccountNotFoundHandler), a JSON 404 to a GET.
+            if request.method != "GET":
+                return 405, HTML_405, {}
+            return 404, {"success": False, "errorMsg": "Account does not exist."}, {}
         if fault == "503" or self._over_rate_limit():
             return 503, HTML_503, {}
         if fault == "429":
@@ -610,20 +622,26 @@ class CrmSimulator(_CrmWork):
         if not digits:
             raise _invalid({"phone": "Parameter 'phone' is missing"})
         manager = self.managers.get("+" + digits)
-        if manager is not None and query.get("ignoreStatus") not in ("1", "true") \
+        if manager is not None and not _flag(query.get("ignoreStatus")) \
                 and self.user_statuses.get(int(manager.get("id") or 0), "free") != "free":
-            manager = None  # retailCRM names a manager who is not free only with ignoreStatus=1
+            manager = None  # retailCRM names a manager who is not free only with ignoreStatus
         answer: dict[str, Any] = {"success": True}
         if manager is not None:
             answer["manager"] = manager
         customer = self.phone_customers.get("+" + digits)
-        if customer is not None and query.get("details") in ("1", "true"):
+        if customer is not None and _flag(query.get("details")):
             # retailCRM adds the caller's card and links to it (whether customerLink is
             # absolute is unconfirmed: the simulator gives a path, tracker accepts either).
             answer["customer"] = customer
             answer["links"] = {"customerLink": f"/customers/{customer.get('id')}",
                                "newOrderLink": f"/orders/add?customerId={customer.get('id')}"}
         return 200, answer
+
+
+def _flag(value: str | None) -> bool:
+    """A boolean query parameter as retailCRM's clients send it: ``1``/``0`` (PHP, ours) or
+    ``True``/``False`` (the official Python client passes Python booleans to the query)."""
+    return value is not None and value.strip().lower() in ("1", "true")
 
 
 def _call_problems(item: Any, sites: set[str] | None) -> dict[str, str]:

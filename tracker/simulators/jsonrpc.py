@@ -8,26 +8,43 @@ window on ``start_time`` (``date_from``/``date_till``, at most 3 months), a ``fi
 from __future__ import annotations
 
 import calendar
+import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import Any
 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
+# The texts UIS's error tables give (data_api "Список ошибок"); others read as the mnemonic.
+MESSAGES = {
+    "sort_prohibited": "Sort by parameter is prohibited",
+    "filter_prohibited": "Filter by parameter is prohibited",
+    "entity_not_found": "Entity not found",
+    "required_parameter_missed": "The required parameter has been missed",
+}
+
+
 class RpcError(Exception):
-    """A JSON-RPC error answer: ``code`` is the group, ``mnemonic`` the reason."""
+    """A JSON-RPC error answer: ``code`` is the group, ``mnemonic`` the reason; ``metadata``
+    (``limits`` of the budgets, for one) rides in ``error.data.metadata`` as UIS puts it."""
 
     def __init__(self, code: int, mnemonic: str, field: str | None = None,
-                 value: Any = None) -> None:
+                 value: Any = None, *, message: str | None = None,
+                 metadata: dict[str, Any] | None = None) -> None:
         super().__init__(mnemonic)
         self.code, self.mnemonic, self.field, self.value = code, mnemonic, field, value
+        self.message = message or MESSAGES.get(mnemonic) or \
+            mnemonic.replace("_", " ").capitalize()
+        self.metadata = metadata
 
     def payload(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.mnemonic.replace("_", " ").capitalize(),
-                "data": {"mnemonic": self.mnemonic, "field": self.field, "value": self.value,
-                         "params": {}, "extended_helper": None}}
+        data: dict[str, Any] = {"mnemonic": self.mnemonic, "field": self.field,
+                                "value": self.value, "params": {}, "extended_helper": None}
+        if self.metadata is not None:
+            data["metadata"] = self.metadata
+        return {"code": self.code, "message": self.message, "data": data}
 
 
 def bad_param(field: str, value: Any = None, mnemonic: str = "invalid_parameter_value") -> RpcError:
@@ -48,7 +65,7 @@ def _months_later(moment: datetime, months: int) -> datetime:
 
 def _parse_time(params: dict[str, Any], name: str) -> datetime:
     if name not in params:
-        raise bad_param(name, mnemonic="required_parameter_missing")
+        raise bad_param(name, mnemonic="required_parameter_missed")
     try:
         return datetime.strptime(params[name], TIME_FORMAT)
     except (TypeError, ValueError):
@@ -56,8 +73,18 @@ def _parse_time(params: dict[str, Any], name: str) -> datetime:
 
 
 def select(rows: list[dict[str, Any]], params: dict[str, Any], *, allowed: list[str],
-            hidden: tuple[str, ...], dated: bool) -> dict[str, Any]:
-    """Apply a report's date window, filter, sort, paging and field list; a get.* result."""
+            hidden: tuple[str, ...], dated: bool, sortable: Collection[str] | None = None,
+            filterable: Collection[str] | None = None,
+            shuffle: random.Random | None = None) -> dict[str, Any]:
+    """Apply a report's date window, filter, sort, paging and field list; a get.* result.
+
+    ``sortable`` and ``filterable`` are the method's field table ("Сортировка" and
+    "Фильтрация" columns; default: every field): anything else is refused the way UIS refuses
+    it, ``-32602`` ``sort_prohibited`` / ``filter_prohibited``. With ``shuffle``, rows that tie
+    on every sort key come in a different order each time: UIS promises no order among them.
+    """
+    sortable = allowed if sortable is None else sortable
+    filterable = allowed if filterable is None else filterable
     if dated:
         date_from, date_till = _parse_time(params, "date_from"), _parse_time(params, "date_till")
         if date_till < date_from:
@@ -68,10 +95,19 @@ def select(rows: list[dict[str, Any]], params: dict[str, Any], *, allowed: list[
         rows = [r for r in rows
                 if date_from <= datetime.strptime(r["start_time"], TIME_FORMAT) <= date_till]
     if params.get("filter"):
+        _check_filter(params["filter"], "filter", filterable)
         rows = [r for r in rows if _matches(r, params["filter"], "filter", allowed)]
-    for order in reversed(params.get("sort") or []):
-        if order.get("field") not in allowed:
-            raise bad_param("sort.field", order.get("field"), mnemonic="sort_prohibited")
+    orders = params.get("sort") or []
+    if not isinstance(orders, list):
+        raise bad_param("sort", orders, mnemonic="data_type_error")
+    for order in orders:
+        if not isinstance(order, dict) or order.get("field") not in sortable:
+            value = order.get("field") if isinstance(order, dict) else order
+            raise bad_param("sort.field", value, mnemonic="sort_prohibited")
+    if orders and shuffle is not None:
+        rows = list(rows)
+        shuffle.shuffle(rows)
+    for order in reversed(orders):
         rows.sort(key=_sort_key(order["field"]), reverse=order.get("order") == "desc")
     limit, offset = params.get("limit", 1000), params.get("offset", 0)
     if not isinstance(limit, int) or not 0 < limit <= 10_000:
@@ -112,6 +148,19 @@ _OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
     "overlap": lambda a, v: bool(set(a or ()) & set(v)),
     "not_overlap": lambda a, v: not set(a or ()) & set(v),
 }
+
+
+def _check_filter(node: Any, path: str, filterable: Collection[str]) -> None:
+    """Refuse a filter naming a field the method does not let you filter by, before any row
+    is looked at (an empty report must be refused too)."""
+    if not isinstance(node, dict):
+        return  # _matches names the type error
+    if "filters" in node:
+        for child in node["filters"] if isinstance(node["filters"], list) else []:
+            _check_filter(child, f"{path}.filters", filterable)
+        return
+    if node.get("field") not in filterable:
+        raise bad_param(f"{path}.field", node.get("field"), mnemonic="filter_prohibited")
 
 
 def _matches(row: dict[str, Any], node: Any, path: str, allowed: list[str]) -> bool:

@@ -170,7 +170,8 @@ class _Call:
             ],
             "last_talked_employee_id": last_talked,
             "call_api_external_id": self.external_id,
-            "finish_reason": "subscriber_disconnects" if talk else "no_operators_answered",
+            # documented values only: the caller hung up, before or after a talk
+            "finish_reason": "subscriber_disconnects",
         }
         return Scenario(name, self.session_id, self.direction, self.contact, self.virtual,
                         self.notifications, report, legs)
@@ -259,8 +260,7 @@ def lost_in_ivr(session_id: int, *, start: datetime, contact: str = DEFAULT_CONT
 
 def _lost(call: _Call, name: str, wait: int, employee_ids: list[int] | None, legs: list[Leg],
           rang: Sequence[Employee]) -> Scenario:
-    call.add("lost_call", wait, employee_ids=employee_ids, wait_time_duration=wait,
-             total_time_duration=wait)
+    call.add("lost_call", wait, employee_ids=employee_ids, wait_time_duration=wait)
     call.add("call_finished", wait + 0.05, employee_id=None, employee_full_name=None,
              talk_time_duration=0, total_time_duration=wait, wait_time_duration=wait,
              last_talked_employee_id=None)

@@ -28,6 +28,7 @@ import copy
 import json
 import logging
 import math
+import random
 import struct
 import time
 from collections.abc import Awaitable, Callable
@@ -69,6 +70,59 @@ CALL_FIELDS = ["id", "start_time", "finish_time", "direction", "is_lost", "conta
                # where the call came from (a scenario's report holds them when it was tracked)
                "campaign_name", "utm_source", "utm_medium", "utm_campaign", "utm_term",
                "utm_content", "search_query", "ua_client_id", "ym_client_id"]
+
+# The field tables of the Data API method pages (the "Фильтрация" and "Сортировка" columns;
+# docs/reference-notes.md, "Report sorting and filtering"): a sort or filter naming any other
+# column is refused with -32602 sort_prohibited / filter_prohibited. start_time may be sorted
+# by, not filtered on (date_from/date_till select by it); id the other way round.
+CALLS_SORTABLE = frozenset(
+    "start_time finish_reason direction cpn_region_id cpn_region_name cpn_country_name "
+    "cpn_country_id source is_lost communication_number lost_call_processing_duration "
+    "virtual_phone_number sale_date sale_cost is_transfer scenario_id site_id campaign_id "
+    "auto_call_campaign_name visitor_id visitor_type visitor_device source_id source_name "
+    "source_new channel_new channel_code ext_id".split())
+CALLS_UNFILTERABLE = frozenset(
+    "start_time finish_time properties communication_page_url communication_type call_records "
+    "wav_call_records full_record_file_link voice_mail_records ua_client_id ym_client_id "
+    "ymclid visit_other_campaign".split())
+LEGS_SORTABLE = frozenset(
+    "call_session_id start_time duration total_duration finish_reason "
+    "finish_reason_description virtual_phone_number calling_phone_number called_phone_number "
+    "direction is_transfered is_operator employee_id employee_full_name employee_phone_number "
+    "employee_rating scenario_id scenario_name is_coach release_cause_code "
+    "release_cause_description is_failed is_talked".split())
+LEGS_UNFILTERABLE = frozenset(
+    "call_records wav_call_records start_time connect_time contact_id contact_full_name "
+    "contact_phone_number".split())
+# get.calls_report's documented finish_reason values (its "Причины окончания сессии звонка").
+FINISH_REASONS = frozenset(
+    "numb_not_exists incorrect_input numb_is_inactive sitephone_is_not_configured "
+    "app_is_inactive numa_in_black_list no_active_scenario simple_forwarding_is_not_configured "
+    "site_not_exists call_generator_is_not_configured add_cdr_timeout success_finish "
+    "api_permission_denied api_ip_now_allowed component_is_inactive employee_not_exists "
+    "not_enough_money platform_not_found internal_error incorrect_config "
+    "communication_unavailable subscriber_disconnects no_operation scenario_not_found "
+    "transfer_disconnects scenario_disconnects fax_session_done no_resources "
+    "another_operator_answer subscriber_busy subscriber_not_responsible "
+    "subscriber_number_problems operator_answer locked_numb call_not_allowed_on_tp "
+    "account_not_found contract_not_found operator_busy operator_not_responsible "
+    "operator_disconnects operator_number_problems timeout operator_channels_busy locked_phone "
+    "max_in_call_reached max_out_call_reached employee_busy employee_busy_after_call "
+    "phone_group_inactive_by_schedule sip_offline employee_inactive "
+    "employee_inactive_by_schedule employee_phone_inactive employee_phone_inactive_by_schedule "
+    "action_interval_exceeded group_phone_inactive no_operator_confirmation "
+    "max_transition_count_exceeded disconnect_before_call_processing "
+    "no_success_subscriber_call no_success_operator_call group_inactive_by_schedule net_lock "
+    "fmc_is_disabled fmc_is_locked processing_method_not_found employee_without_phones "
+    "group_without_phones no_operator_cdr_found in_call_not_allowed "
+    "phone_protocol_not_allowed_by_status employee_status_break "
+    "employee_status_do_not_disturb employee_status_not_at_workplace "
+    "employee_status_not_at_work sip_trunk_is_locked numa_in_spam_list numa_dnd_interval "
+    "limit_exceeded no_money out_call_not_allowed out_call_not_allowed_by_status "
+    "external_call_not_allowed external_call_not_allowed_by_status internal_call_not_allowed "
+    "internal_call_not_allowed_by_status call_enqueued employee_status_auto_out_call "
+    "employee_status_available too_many_identical_incoming_calls "
+    "employee_auto_status_do_not_disturb auto_out_calls_not_allowed_by_status".split())
 STATUSES = {1: "available", 2: "break", 3: "do_not_disturb", 4: "not_at_workplace",
             5: "not_at_work"}
 
@@ -109,10 +163,14 @@ class UisSimulator:
         self.webhook_url: str | None = None
         self.autoplay_outbound = True
         self.outbound_answered = True
-        self.outbound_finish_reason: str | None = None  # overrides the report's, e.g. "busy"
+        # overrides the report's, e.g. "subscriber_busy" (only values UIS documents)
+        self.outbound_finish_reason: str | None = None
         self.autoplay_gap_seconds = 0.01
         self.changes = Changes()
+        self.statuses = dict(STATUSES)  # get.statuses: id -> mnemonic (tests may edit them)
         self._records_ready_at: dict[int, float] = {}
+        # Rows tying on every sort key come in a new order per request (UIS promises none).
+        self._ties = random.Random(first_session_id)
         self._faults: dict[str, list[RpcError]] = {}
         self._next_session_id = first_session_id
         self._minute_start, self._minute_used, self._day_used = time.monotonic(), 0, 0
@@ -300,7 +358,7 @@ class UisSimulator:
         if handler is None:
             raise RpcError(-32601, "method_not_found", "method", method)
         if "access_token" not in params:
-            raise bad_param("access_token", mnemonic="required_parameter_missing")
+            raise bad_param("access_token", mnemonic="required_parameter_missed")
         if params["access_token"] != self.access_token:
             raise RpcError(-32001, "access_token_invalid", "access_token")
         limits = self._spend()
@@ -313,9 +371,17 @@ class UisSimulator:
         if now - self._minute_start >= self.minute_seconds:
             self._minute_start, self._minute_used = now, 0
         if self._minute_used >= self.minute_limit or self._day_used >= self.day_limit:
-            raise RpcError(-32029, "limit_exceeded")
+            # UIS's refusal carries the budgets too, in error.data.metadata.limits
+            kind, limit = ("day", self.day_limit) if self._day_used >= self.day_limit \
+                else ("minute", self.minute_limit)
+            raise RpcError(-32029, "limit_exceeded", metadata={"limits": self._limits(now)},
+                           message=f"Limit per {kind} has been exceeded. Value of current "
+                                   f"limit per {kind} is {limit}")
         self._minute_used += 1
         self._day_used += 1
+        return self._limits(now)
+
+    def _limits(self, now: float) -> dict[str, int]:
         local = self.now()
         midnight = datetime.combine(local.date() + timedelta(days=1), datetime.min.time())
         return {"day_limit": self.day_limit, "day_remaining": self.day_limit - self._day_used,
@@ -346,7 +412,11 @@ class UisSimulator:
             if scenario.session_id not in self.finished:
                 row["finish_time"] = row["finish_reason"] = None
             rows.append(row)
-        return select(rows, params, allowed=field_names(CALL_FIELDS, rows), hidden=(), dated=True)
+        allowed = field_names(CALL_FIELDS, rows)
+        return select(rows, params, allowed=allowed, hidden=(), dated=True,
+                      sortable=CALLS_SORTABLE,
+                      filterable=[f for f in allowed if f not in CALLS_UNFILTERABLE],
+                      shuffle=self._ties)
 
     def _get_call_legs_report(self, params: dict[str, Any]) -> dict[str, Any]:
         rows = []
@@ -357,7 +427,10 @@ class UisSimulator:
                 row["call_records"] = row["call_records"] if ready else []
                 rows.append(row)
         allowed = [f.name for f in fields(Leg)]
-        return select(rows, params, allowed=allowed, hidden=("is_talked",), dated=True)
+        return select(rows, params, allowed=allowed, hidden=("is_talked",), dated=True,
+                      sortable=LEGS_SORTABLE,
+                      filterable=[f for f in allowed if f not in LEGS_UNFILTERABLE],
+                      shuffle=self._ties)
 
     def _get_employees(self, params: dict[str, Any]) -> dict[str, Any]:
         rows = [copy.deepcopy(e) for e in self.employees.values()]
@@ -366,23 +439,24 @@ class UisSimulator:
 
     def _update_employees(self, params: dict[str, Any]) -> dict[str, Any]:
         if "id" not in params:
-            raise bad_param("id", mnemonic="required_parameter_missing")
+            raise bad_param("id", mnemonic="required_parameter_missed")
         employee = self.employees.get(params["id"])
-        if employee is None:
-            raise bad_param("id", params["id"], mnemonic="employee_not_found")
+        if employee is None:  # update.* names an unknown id with entity_not_found
+            raise bad_param("id", params["id"], mnemonic="entity_not_found")
         changes = {k: v for k, v in params.items() if k not in ("access_token", "id")}
         for name in changes:
             if name not in employee:
                 raise bad_param(name, changes[name])
-        if "status_id" in changes and changes["status_id"] not in STATUSES:
-            raise bad_param("status_id", changes["status_id"], mnemonic="status_not_found")
+        if "status_id" in changes and changes["status_id"] not in self.statuses:
+            raise bad_param("status_id", changes["status_id"], mnemonic="entity_not_found")
         employee.update(copy.deepcopy(changes))
         if "status_id" in changes:
-            employee["status"] = STATUSES[changes["status_id"]]
+            employee["status"] = self.statuses[changes["status_id"]]
         return {}
 
     def _get_statuses(self, params: dict[str, Any]) -> dict[str, Any]:
-        rows = [{"id": k, "mnemonic": v, "name": v.replace("_", " ")} for k, v in STATUSES.items()]
+        rows = [{"id": k, "mnemonic": v, "name": v.replace("_", " ")}
+                for k, v in self.statuses.items()]
         return {"data": rows, "metadata": {"total_items": len(rows)}}
 
     def _get_account(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -394,7 +468,7 @@ class UisSimulator:
     def _start_employee_call(self, params: dict[str, Any]) -> dict[str, Any]:
         for name in ("first_call", "virtual_phone_number", "contact", "employee"):
             if name not in params:
-                raise bad_param(name, mnemonic="required_parameter_missing")
+                raise bad_param(name, mnemonic="required_parameter_missed")
         if params["first_call"] not in ("employee", "contact"):
             raise bad_param("first_call", params["first_call"])
         contact, virtual = params["contact"], params["virtual_phone_number"]
@@ -421,6 +495,8 @@ class UisSimulator:
             contact=contact, virtual=virtual, direction=params.get("direction", "in"),
             media_url=self.media_url)
         if self.outbound_finish_reason is not None:
+            if self.outbound_finish_reason not in FINISH_REASONS:
+                raise ValueError(f"UIS documents no finish_reason {self.outbound_finish_reason!r}")
             scenario.report["finish_reason"] = self.outbound_finish_reason
         autoplay = self._autoplay if self.webhook_url and self.autoplay_outbound else None
         self.register(scenario, finished=autoplay is None)

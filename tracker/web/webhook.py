@@ -18,7 +18,7 @@ import sqlite3
 from typing import Any
 
 from tracker.context import Context
-from tracker.core import bodies
+from tracker.core import bodies, notifications
 from tracker.core.notifications import WEBHOOK_PREFIX as PREFIX
 from tracker.errors import BodyError
 from tracker.intake import ingest
@@ -59,7 +59,7 @@ def with_notifications(ctx: Context, inner: Any) -> Any:
                     if mimetype == b"application/x-www-form-urlencoded":
                         fields = bodies.decode_form(body)
                     else:
-                        fields = bodies.decode_object(body)
+                        fields = notifications.decode_object_with_placeholders(body)
                 except BodyError as exc:
                     ingest.journal_rejected(ctx.store, str(exc),
                                             body[:16384].decode("utf-8", "replace"), method)
