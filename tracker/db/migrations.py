@@ -364,10 +364,11 @@ def _migration_10(db: sqlite_utils.Database) -> None:
     db.table("deal_transitions").create_index(["order_id", "id"])
     # What UIS was last given of retailCRM's structure: the funnel, each status's stage, each
     # responsible, each contact; ``digest`` tells when something changed.
-    db.table("deal_structure").create({"kind": str, "ext_id": str, "digest": str, "value": str,
-                                 "updated_at": float}, pk=("kind", "ext_id"))
-    # The customer's last call before an order: a look-up by number and time.
-    db.table("calls").create_index(["contact_phone", "started_at"])
+    db.table("deal_structure").create({"kind": str, "ext_id": str, "digest": str,
+                                       "value": str, "updated_at": float},
+                                      pk=("kind", "ext_id"))
+    # The customer's last call before an order is a look-up by number and time: migration 8's
+    # index on calls (contact_phone, started_at) serves it.
 
 
 MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5,
