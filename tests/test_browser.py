@@ -24,7 +24,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from tests.procs import free_port, write_config
 from tests.support import ANNA, CRM_KEY, SECRET, Sims, open_sims
-from tracker.db import keys
+from tracker.db import keys, sessions
 from tracker.simulators import scenarios
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -278,7 +278,7 @@ def _axe(page: Any) -> list[str]:
             for v in result["violations"] if v["impact"] in ("serious", "critical")]
 
 
-def _pages_session(url: str, token: str) -> dict[str, Any]:
+def _pages_session(url: str, session: str) -> dict[str, Any]:
     """``/`` and a call's page in Russian and English (the browser's Accept-Language), at
     desktop and phone size: what each shows, axe-core's verdict, screenshots."""
     from tests.pagecalls import ANSWERED
@@ -298,7 +298,7 @@ def _pages_session(url: str, token: str) -> dict[str, Any]:
             for lang, locale in (("ru", "ru-RU"), ("en", "en-US")):
                 for size, options in SIZES.items():
                     context = browser.new_context(locale=locale, **options)
-                    context.add_cookies([{"name": "tracker_key", "value": token, "url": url}])
+                    context.add_cookies([{"name": "tracker_session", "value": session, "url": url}])
                     page = context.new_page()
                     page.set_default_timeout(10_000)
                     errors: list[str] = []
@@ -345,7 +345,7 @@ def _pages_session(url: str, token: str) -> dict[str, Any]:
                     context.close()
             # Switching on the page: the choice is remembered over the browser's language.
             context = browser.new_context(locale="ru-RU")
-            context.add_cookies([{"name": "tracker_key", "value": token, "url": url}])
+            context.add_cookies([{"name": "tracker_session", "value": session, "url": url}])
             page = context.new_page()
             page.goto(url + "/")
             page.click('nav.languages a[lang="en"]')
@@ -371,8 +371,9 @@ async def test_the_page_in_russian_and_english_on_desktop_and_phone_passes_axe(t
                                     uis={"media_url": media})
             async with open_daemon(sims, settings) as d:
                 await populate(d, media_url=media)
-                token = keys.create(d.ctx.store, "browser", ["calls:read", "log:read"])[1]
-                seen = await trio.to_thread.run_sync(_pages_session, d.url, token)
+                info, _ = keys.create(d.ctx.store, "browser", ["calls:read", "log:read"])
+                session = sessions.open_session(d.ctx.store, info)  # what a login makes
+                seen = await trio.to_thread.run_sync(_pages_session, d.url, session)
                 crm_url = settings.crm.url.rstrip("/")
 
     def plain(text: str) -> str:

@@ -190,7 +190,7 @@ async def test_orders_without_contact_data_deleted_or_unknown_are_skipped_and_th
                     book.history[-1]["id"])
                 # the status page's part says what happened
                 now = time.time()
-                html = page._environment(d.ctx).get_template("parts/deals.html").render(
+                html = page._environment(d.ctx, "en").get_template("parts/deals.html").render(
                     deals=pagedata.read_deals(d.ctx.store.conn, now), now=now)
                 assert "orders seen" in html and "no phone, no e-mail" in html
                 assert ">4</strong>" in html  # anonymous, the unknown status's, good, doomed

@@ -95,6 +95,7 @@ def check(db: Path) -> str:
         return str(exc)
     try:
         conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute("PRAGMA temp_store=MEMORY")  # no temp files outside the state directory
         rows = conn.execute("PRAGMA integrity_check").fetchall()
         return "; ".join(str(r[0]) for r in rows)
     except sqlite3.Error as exc:

@@ -175,6 +175,7 @@ async def read(path: Path, reader: Callable[[sqlite3.Connection], T]) -> T:
         conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
         try:
             conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA temp_store=MEMORY")  # no temp files beside the state directory
             deadline = time.monotonic() + QUERY_SECONDS
             conn.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
             try:

@@ -93,6 +93,9 @@ class Store(CallRows, EventRows, OutboxRows, EmployeeRows, WarningRows, ClickRow
             self.conn.execute(f"PRAGMA synchronous={synchronous}")
             self.conn.execute("PRAGMA busy_timeout=5000")
             self.conn.execute("PRAGMA foreign_keys=ON")
+            # Sorts and temporary indexes stay in memory: no temp files outside the state
+            # directory (the systemd unit allows writes only there).
+            self.conn.execute("PRAGMA temp_store=MEMORY")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{path}: cannot open the database: {exc}") from exc
         self.db = sqlite_utils.Database(self.conn)
