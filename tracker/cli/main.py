@@ -8,7 +8,7 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
 import trio
@@ -95,43 +95,34 @@ def _templates(args: argparse.Namespace) -> int:
 
 def _backfill(args: argparse.Namespace) -> int:
     from tracker.cli import backfill
+
+    return _run_period("tracker backfill", backfill.run_backfill, args)
+
+
+def _deals(args: argparse.Namespace) -> int:
+    from tracker.cli import deals
+
+    return _run_period("tracker deals backfill", deals.run_backfill, args)
+
+
+def _run_period(name: str, run: Callable[..., Awaitable[int]], args: argparse.Namespace) -> int:
+    """A command that reads a past period (``--from``/``--till``) with a progress line."""
     from tracker.core.windows import parse_moment
 
     try:
         date_from = parse_moment(args.date_from)
         date_till = parse_moment(args.date_till, end_of_day=True)
     except ValueError as exc:
-        print(f"tracker backfill: {exc}", file=sys.stderr)
+        print(f"{name}: {exc}", file=sys.stderr)
         return 2
     if date_till < date_from:
-        print("tracker backfill: --till is before --from", file=sys.stderr)
+        print(f"{name}: --till is before --from", file=sys.stderr)
         return 2
     settings = _settings(args)
     # One INFO line per created call would tear the progress line apart: warnings only.
     level = settings.log.level if settings.log.level in ("DEBUG", "ERROR") else "WARNING"
     logs.configure(level, settings.log.format)
-    return trio.run(partial(backfill.run_backfill, settings, date_from, date_till,
-                            deliver=False if args.no_deliver else None,
-                            progress=args.progress or sys.stderr.isatty()))
-
-
-def _deals(args: argparse.Namespace) -> int:
-    from tracker.cli import deals
-    from tracker.core.windows import parse_moment
-
-    try:
-        date_from = parse_moment(args.date_from)
-        date_till = parse_moment(args.date_till, end_of_day=True)
-    except ValueError as exc:
-        print(f"tracker deals backfill: {exc}", file=sys.stderr)
-        return 2
-    if date_till < date_from:
-        print("tracker deals backfill: --till is before --from", file=sys.stderr)
-        return 2
-    settings = _settings(args)
-    level = settings.log.level if settings.log.level in ("DEBUG", "ERROR") else "WARNING"
-    logs.configure(level, settings.log.format)
-    return trio.run(partial(deals.run_backfill, settings, date_from, date_till,
+    return trio.run(partial(run, settings, date_from, date_till,
                             deliver=False if args.no_deliver else None,
                             progress=args.progress or sys.stderr.isatty()))
 
