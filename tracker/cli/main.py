@@ -105,6 +105,18 @@ def _deals(args: argparse.Namespace) -> int:
     return _run_period("tracker deals backfill", deals.run_backfill, args)
 
 
+def _period_arguments(parser: argparse.ArgumentParser, zone: str, no_deliver: str) -> None:
+    """The options of a command that reads a past period (``_run_period``)."""
+    parser.add_argument("--from", dest="date_from", required=True, metavar="TIME",
+                        help=f'"YYYY-MM-DD HH:MM:SS" or a date, in {zone}')
+    parser.add_argument("--till", dest="date_till", required=True, metavar="TIME",
+                        help='"YYYY-MM-DD HH:MM:SS" (a bare date means its last second)')
+    parser.add_argument("--config", help="TOML configuration (or env TRACKER_CONFIG)")
+    parser.add_argument("--progress", action="store_true",
+                        help="show the progress line even when stderr is not a terminal")
+    parser.add_argument("--no-deliver", action="store_true", help=no_deliver)
+
+
 def _run_period(name: str, run: Callable[..., Awaitable[int]], args: argparse.Namespace) -> int:
     """A command that reads a past period (``--from``/``--till``) with a progress line."""
     from tracker.core.windows import parse_moment
@@ -238,15 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     backfill = commands.add_parser(
         "backfill", help="create and upload the calls of a period that tracker never heard of")
-    backfill.add_argument("--from", dest="date_from", required=True, metavar="TIME",
-                          help='"YYYY-MM-DD HH:MM:SS" in the account time zone')
-    backfill.add_argument("--till", dest="date_till", required=True, metavar="TIME",
-                          help='"YYYY-MM-DD HH:MM:SS" (a bare date means its last second)')
-    backfill.add_argument("--config", help="TOML configuration (or env TRACKER_CONFIG)")
-    backfill.add_argument("--progress", action="store_true",
-                          help="show the progress line even when stderr is not a terminal")
-    backfill.add_argument("--no-deliver", action="store_true",
-                          help="only store the calls; the daemon uploads them")
+    _period_arguments(backfill, "the account time zone",
+                      "only store the calls; the daemon uploads them")
     backfill.set_defaults(func=_backfill)
 
     deal_commands = commands.add_parser(
@@ -254,15 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     deal_actions = deal_commands.add_subparsers(dest="deals_action", required=True)
     deal_backfill = deal_actions.add_parser(
         "backfill", help="load the orders of a past period into UIS as deals (resumable)")
-    deal_backfill.add_argument("--from", dest="date_from", required=True, metavar="TIME",
-                               help="'YYYY-MM-DD HH:MM:SS' or a date (retailCRM account time)")
-    deal_backfill.add_argument("--till", dest="date_till", required=True, metavar="TIME",
-                               help="'YYYY-MM-DD HH:MM:SS' or a date (its last second)")
-    deal_backfill.add_argument("--config", help="TOML configuration (or env TRACKER_CONFIG)")
-    deal_backfill.add_argument("--progress", action="store_true",
-                               help="show a progress line even when stderr is not a terminal")
-    deal_backfill.add_argument("--no-deliver", action="store_true",
-                               help="only queue the deals (a running daemon delivers them)")
+    _period_arguments(deal_backfill, "retailCRM's account time",
+                      "only queue the deals (a running daemon delivers them)")
     deal_backfill.set_defaults(func=_deals)
 
     key_commands = commands.add_parser("keys", help="create, list and revoke admin API keys")
